@@ -1,0 +1,392 @@
+"""Tests for llb.py: each LLB equation against an independent computation written here.
+
+Expectations are recomputed from the model's parameters with plain torch ops (F.layer_norm,
+matmuls, an explicit softmax attention); the code under test is never used to build them.
+Tiny backbones throughout: 16 px, P = 4 -> N = 16 patches, D = 32, K = 5 classes, O = 16.
+"""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import llb
+import vit
+
+B, N, D, K, O = 4, 16, 32, 5, 16  # batch, patch tokens, width, classes, latent objects
+
+
+def make_backbone(depth=3, dropout=0.0):
+    torch.manual_seed(0)
+    bb = vit.ViT(image_size=16, patch_size=4, width=D, depth=depth, heads=2, mlp_dim=64,
+                 num_classes=K, dropout=dropout)
+    with torch.no_grad():
+        bb.head.weight.normal_(std=0.5)  # vit.py zero-inits its head: make p_V non-uniform
+    return bb
+
+
+def make(backbone=None, *, perturb=True, **kw):
+    """A tiny LLB. perturb: add N(0, 0.3) to every parameter (backbone and branch), so that the
+    checks below run away from the init's near-symmetric regime (c_n = 0 and weights of std 0.02
+    give logits_n that barely depend on the input)."""
+    backbone = make_backbone() if backbone is None else backbone
+    torch.manual_seed(1)
+    model = llb.LLB(backbone, **(dict(num_objects=O, depth=3) | kw))
+    if perturb:
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def images(n=B, seed=2):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def labels(n=B, seed=3):
+    return torch.randint(0, K, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- by-hand references
+
+
+def ref_layer_norm(t, ln):
+    return F.layer_norm(t, (t.shape[-1],), ln.weight, ln.bias, ln.eps)
+
+
+def ref_linear(t, lin):
+    return t @ lin.weight.T + lin.bias
+
+
+def ref_block(blk, z):
+    """A pre-norm ViT block written out: z + MSA(LN(z)), then + MLP(LN(.))."""
+    b, n, d = z.shape
+    h = blk.attn.heads
+    q, k, v = ref_linear(ref_layer_norm(z, blk.norm1), blk.attn.qkv).split(d, dim=-1)
+    q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # (b, h, n, d/h)
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1) @ v
+    z = z + ref_linear(a.transpose(1, 2).reshape(b, n, d), blk.attn.proj)
+    hidden = F.gelu(ref_linear(ref_layer_norm(z, blk.norm2), blk.mlp.fc1))
+    return z + ref_linear(hidden, blk.mlp.fc2)
+
+
+def z_layer(model, x):
+    """z_l from the backbone (vit.py, tested in test_vit.py), not from the code under test."""
+    with torch.no_grad():
+        return model.backbone(x, return_blocks=True)[1][model.config.layer - 1]
+
+
+def ref_assign(model, z):
+    logits = ref_linear(ref_block(model.extractor, z)[:, 1:], model.to_objects)  # (B, N, O)
+    e = torch.exp(logits / model.config.tau - (logits / model.config.tau).amax(-1, keepdim=True))
+    return e / e.sum(-1, keepdim=True)
+
+
+def ref_entropy(p):
+    return -torch.special.xlogy(p, p).sum(-1)  # 0 log 0 = 0
+
+
+# ----------------------------------------------------------------------------- step 1
+
+
+def test_assign_is_a_softmax_over_objects_recomputed_by_hand():
+    model = make()
+    x = images()
+    out = model(x)
+    a = out.assign
+    assert a.shape == (B, N, O)
+    assert (a >= 0).all()
+    torch.testing.assert_close(a.sum(-1), torch.ones(B, N))
+    # p^i = Softmax(Linear(Block(V_l))^i / tau), i = 1..N
+    torch.testing.assert_close(a, ref_assign(model, z_layer(model, x)), atol=1e-5, rtol=1e-4)
+
+
+def test_layer_is_one_based_and_defaults_to_second_to_last_block():
+    bb = make_backbone(depth=4)
+    assert llb.LLB(bb, num_objects=O, depth=2).config.layer == 3
+    model = make(layer=1)
+    x = images()
+    z1 = model.backbone(x, return_blocks=True)[1][0].detach()
+    torch.testing.assert_close(model(x).assign, ref_assign(model, z1), atol=1e-5, rtol=1e-4)
+
+
+def test_branch_init():
+    torch.manual_seed(0)
+    model = llb.LLB(vit.create_vit("micro", image_size=32), num_objects=512)  # D = 96, O = 512
+    branch = {k: v for k, v in model.named_parameters() if not k.startswith("backbone.")}
+    assert torch.equal(model.class_token, torch.zeros(1, 1, 96))  # c_n = 0
+    e = model.object_embed  # Xavier normal: std = sqrt(2 / (fan_in + fan_out))
+    assert e.shape == (512, 96) and abs(e.std().item() / math.sqrt(2 / (512 + 96)) - 1) < 0.05
+    for k, v in branch.items():
+        if k.endswith("bias"):
+            assert not v.any(), k
+        elif v.ndim == 2 and k != "object_embed":  # Linear weights: trunc normal(0.02)
+            assert abs(v.std().item() / 0.02 - 1) < 0.15, k
+    norms = [m for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm) and "backbone" not in n]
+    assert len(norms) == 2 * 6 + 1 and all(m.eps == 1e-6 and torch.all(m.weight == 1) for m in norms)
+
+
+# ----------------------------------------------------------------------------- steps 2 and 3
+
+
+def test_object_tokens_are_assign_times_object_embed():
+    model = make()
+    out = model(images())
+    assert out.object_tokens.shape == (B, N, D)
+    expected = torch.einsum("bno,od->bnd", out.assign, model.object_embed)  # N_0 = A E
+    torch.testing.assert_close(out.object_tokens, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_non_visual_branch_recomputed_by_hand():
+    model = make()
+    x = images()
+    out = model(x)
+    n0 = ref_assign(model, z_layer(model, x)) @ model.object_embed
+    s = torch.cat([torch.zeros(B, 1, D) + model.class_token, n0], dim=1)  # [c_n || N_0]
+    assert len(model.blocks) == model.config.depth - 1
+    for blk in model.blocks:
+        s = ref_block(blk, s)
+    feat_n = ref_layer_norm(s[:, 0], model.norm)
+    torch.testing.assert_close(out.feat_n, feat_n, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits_n, ref_linear(feat_n, model.head), atol=1e-5, rtol=1e-4)
+    # the visual side: feat_v = LN(z_L^0) and logits_v = head(feat_v) of the backbone
+    zl = model.backbone(x, return_blocks=True)[1][-1]
+    feat_v = ref_layer_norm(zl[:, 0], model.backbone.norm)
+    torch.testing.assert_close(out.feat_v, feat_v, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits_v, ref_linear(feat_v, model.backbone.head), atol=1e-5, rtol=1e-4)
+
+
+def test_logits_n_is_invariant_to_patch_order_only_without_pos_embed():
+    x = images()
+    for pos in (False, True):
+        model = make(pos_embed=pos)
+        if pos:
+            with torch.no_grad():
+                model.pos_embed.normal_()  # a clearly non-zero position embedding
+        z = z_layer(model, x)
+        perm = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(N)])  # class token stays
+        with torch.no_grad():
+            diff = (model.branch(z)["logits_n"] - model.branch(z[:, perm])["logits_n"]).abs().max()
+        if pos:
+            assert diff > 1e-2  # the position embedding ties each N_0 slot to its patch position
+        else:
+            assert diff < 1e-4  # g over [c_n || N_0] without positions is a set function (fp32 noise)
+
+
+# ----------------------------------------------------------------------------- step 4
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.0, 0.3])
+def test_integration_mixes_visual_and_non_visual_probabilities(alpha):
+    model = make(alpha=alpha)
+    x = images()
+    out = model(x)
+    p_v = torch.softmax(model.backbone(x), dim=-1)
+    p_n = torch.softmax(out.logits_n, dim=-1)
+    assert out.probs.shape == (B, K)
+    if alpha == 1.0:
+        assert torch.allclose(out.probs, p_v, rtol=0, atol=1e-7)
+    elif alpha == 0.0:
+        assert torch.allclose(out.probs, p_n, rtol=0, atol=1e-7)
+    else:
+        torch.testing.assert_close(out.probs, alpha * p_v + (1 - alpha) * p_n)
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(B))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("mode", ["batch", "image"])
+def test_loss_is_ce_plus_lambda_times_negative_entropy(mode):
+    model = make(diversity_mode=mode, diversity_weight=0.7)
+    y = labels()
+    out = model(images())
+    total, parts = model.loss(out, y, label_smoothing=0.1)
+    a = out.assign.detach()
+    if mode == "batch":
+        l_div = -ref_entropy(a.mean(dim=(0, 1)))  # one p~ over patches and batch
+    else:
+        l_div = -ref_entropy(a.mean(dim=1)).mean()  # p~_b per image, then mean over b
+    logp = torch.log_softmax(out.logits_n.detach(), dim=-1)
+    smooth = 0.9 * F.one_hot(y, K) + 0.1 / K
+    ce = -(smooth * logp).sum(-1).mean()
+    torch.testing.assert_close(total.detach(), ce + 0.7 * l_div)
+    assert set(parts) == {"ce", "diversity", "total"}
+    assert all(isinstance(v, float) for v in parts.values())
+    assert parts["ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert parts["diversity"] == pytest.approx(l_div.item(), rel=1e-5)
+    assert parts["total"] == pytest.approx(total.item(), rel=1e-6)
+    assert -math.log(O) - 1e-5 <= parts["diversity"] <= 0
+
+
+# ----------------------------------------------------------------------------- frozen / unfrozen
+
+
+def test_frozen_backbone_is_untouched_and_the_branch_learns():
+    model = make(perturb=False)  # from the real init
+    before_bb = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    before_branch = {k: v.clone() for k, v in model.named_parameters() if not k.startswith("backbone.")}
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    assert len(model.trainable_parameters()) == len(before_branch)
+    out = model(images())
+    assert not out.logits_v.requires_grad and not out.feat_v.requires_grad  # no graph built
+    assert out.logits_n.requires_grad
+    assert not model(images().requires_grad_()).logits_v.requires_grad  # under no_grad, not only frozen
+    total, _ = model.loss(out, labels())
+    total.backward()
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    opt.step()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before_bb[k]), k
+    for k, p in model.named_parameters():
+        if not k.startswith("backbone."):
+            assert not torch.equal(p, before_branch[k]), f"{k} did not learn"
+
+
+def test_unfrozen_backbone_gets_gradients_and_visual_ce():
+    model = make(freeze_backbone=False)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    y = labels()
+    out = model(images())
+    assert out.logits_v.requires_grad
+    total, parts = model.loss(out, y)
+    assert set(parts) == {"ce", "diversity", "ce_visual", "total"}
+    ce_v = F.cross_entropy(out.logits_v.detach(), y)
+    assert parts["ce_visual"] == pytest.approx(ce_v.item(), rel=1e-5)
+    assert parts["total"] == pytest.approx(parts["ce"] + 0.5 * parts["diversity"] + parts["ce_visual"], rel=1e-5)
+    total.backward()
+    for k, p in model.backbone.named_parameters():  # every block, the visual head included
+        assert p.grad is not None and p.grad.abs().sum() > 0, k
+    model.train()
+    assert model.backbone.training
+
+
+def test_train_mode_keeps_a_frozen_backbone_in_eval():
+    model = make(backbone=make_backbone(dropout=0.5))
+    model.train()
+    assert model.training and model.extractor.training
+    assert all(not m.training for m in model.backbone.modules())
+    x = images()
+    torch.testing.assert_close(model(x).logits_v, model(x).logits_v, rtol=0, atol=0)  # dropout off
+    model.eval()
+    assert not model.extractor.training and not model.backbone.training
+
+
+# ----------------------------------------------------------------------------- ablation switches
+
+
+def outputs_and_loss(model, x, y):
+    out = model(x)
+    return out, model.loss(out, y)
+
+
+def test_integrate_false_changes_only_probs():
+    ref, abl = make(), make(integrate=False)
+    abl.load_state_dict(ref.state_dict())
+    x, y = images(), labels()
+    (o1, (t1, _)), (o2, (t2, _)) = outputs_and_loss(ref, x, y), outputs_and_loss(abl, x, y)
+    for f in ("logits_v", "logits_n", "assign", "object_tokens", "feat_v", "feat_n"):
+        assert torch.equal(getattr(o1, f), getattr(o2, f)), f
+    assert torch.equal(t1, t2)
+    assert torch.allclose(o2.probs, torch.softmax(o2.logits_n, -1), rtol=0, atol=1e-7)
+    assert not torch.allclose(o1.probs, o2.probs)
+
+
+def test_diversity_false_changes_only_the_loss_total():
+    ref, abl = make(), make(diversity=False)
+    abl.load_state_dict(ref.state_dict())
+    x, y = images(), labels()
+    (o1, (t1, p1)), (o2, (t2, p2)) = outputs_and_loss(ref, x, y), outputs_and_loss(abl, x, y)
+    for f in ("logits_v", "logits_n", "probs", "assign", "object_tokens"):
+        assert torch.equal(getattr(o1, f), getattr(o2, f)), f
+    assert p2["total"] == p2["ce"] and torch.equal(t2, F.cross_entropy(o2.logits_n, y))
+    assert p1["diversity"] == p2["diversity"] and p1["ce"] == p2["ce"]
+    assert p1["total"] != p2["total"]
+
+
+def test_disconnect_false_feeds_the_extractors_patch_outputs():
+    ref, abl = make(), make(disconnect=False)
+    missing, unexpected = abl.load_state_dict(ref.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["object_embed"]
+    x = images()
+    o1, o2 = ref(x), abl(x)
+    assert torch.equal(o1.logits_v, o2.logits_v) and torch.equal(o1.assign, o2.assign)
+    h = ref_block(abl.extractor, z_layer(abl, x))
+    torch.testing.assert_close(o2.object_tokens, h[:, 1:], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(o1.logits_n, o2.logits_n)
+    assert math.isfinite(abl.loss(o2, labels())[1]["diversity"])  # L_div still computed
+
+
+def test_pos_embed_true_adds_exactly_one_parameter():
+    ref, abl = make(), make(pos_embed=True)
+    p1, p2 = dict(ref.named_parameters()), dict(abl.named_parameters())
+    assert set(p2) - set(p1) == {"pos_embed"} and set(p1) <= set(p2)
+    assert p2["pos_embed"].shape == (1, 1 + N, D) and p2["pos_embed"].requires_grad
+    assert ref.pos_embed is None
+
+
+# ----------------------------------------------------------------------------- recipe and arguments
+
+
+def test_recipe_defaults_on_vit_base():
+    torch.manual_seed(0)
+    model = llb.LLB(vit.create_vit("base"))
+    c = model.config
+    assert (c.layer, c.num_objects, c.depth, c.tau, c.alpha, c.diversity_weight, c.diversity_mode) == \
+        (11, 2048, 6, 0.1, 0.8, 0.5, "batch")
+    assert c.disconnect and c.diversity and not c.pos_embed and c.integrate and c.freeze_backbone
+    assert isinstance(model.extractor, vit.Block) and len(model.blocks) == 5
+    d, m, o, k = 768, 3072, 2048, 1000
+    block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d)
+    expected = (6 * block  # extractor + 5 blocks of g
+                + d * o + o  # Linear D -> O
+                + o * d  # E = N_emb
+                + d  # c_n
+                + 2 * d + d * k + k)  # LayerNorm + new head
+    assert sum(p.numel() for p in model.trainable_parameters()) == expected
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.backbone.training
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    (dict(layer=0), r"layer.*1\.\.3"), (dict(layer=4), r"layer.*1\.\.3"),
+    (dict(num_objects=1), r"num_objects.*>= 2"), (dict(depth=1), r"depth.*>= 2"),
+    (dict(tau=0.0), r"tau.*> 0"), (dict(alpha=1.5), r"alpha.*\[0, 1\]"),
+    (dict(alpha=-0.1), r"alpha.*\[0, 1\]"), (dict(diversity_weight=-1.0), r"diversity_weight.*>= 0"),
+    (dict(diversity_mode="patch"), r"diversity_mode.*'batch' or 'image'"),
+])
+def test_bad_arguments_raise_clear_errors(kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make(**kw)
+
+
+# ----------------------------------------------------------------------------- training, AMP
+
+
+def test_short_training_run_lowers_the_loss():
+    model = make(perturb=False)
+    x = images(32, seed=4)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0).long() + 2 * (x[:, 1].mean(dim=(1, 2)) > 0).long()  # 4 classes
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    ces = []
+    for _ in range(50):
+        total, parts = model.loss(model(x), y)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        ces.append(parts["ce"])
+    assert ces[-1] < 0.7 * ces[0], ces
+
+
+def test_bf16_autocast_forward_and_loss_are_finite():
+    model = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images())
+        total, parts = model.loss(out, labels())
+    assert torch.isfinite(total) and all(math.isfinite(v) for v in parts.values())
+    assert out.assign.dtype == torch.float32 and out.probs.dtype == torch.float32
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.trainable_parameters())

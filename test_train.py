@@ -1,0 +1,152 @@
+"""End-to-end tests of train.py's CLI on tiny synthetic data (CPU, seconds each)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
+        "--device", "cpu", "--num-objects", "16"]
+
+
+def run(tmp_path, *extra, out="run"):
+    return train.main(TINY + ["--out-dir", str(tmp_path / out), *extra])
+
+
+def params(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_default_method_trains_vit_then_llb(tmp_path, capsys):
+    results = run(tmp_path, "--epochs", "2", "--llb-epochs", "1")
+    out = tmp_path / "run"
+    for f in ("vit/last.pt", "vit/best.pt", "vit/results.json", "last.pt", "best.pt", "metrics.jsonl"):
+        assert (out / f).exists(), f
+    saved = json.loads((out / "results.json").read_text())
+    assert set(results) == {f"top{k}_{h}" for k in (1, 5) for h in ("visual", "nonvisual", "integrated")}
+    assert all(saved[k] == results[k] and 0 <= results[k] <= 100 for k in results)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["stage"], l["epoch"]) for l in lines] == [("llb", 1)]
+    assert len((out / "vit" / "metrics.jsonl").read_text().splitlines()) == 2
+    # The LLB stage sits on the ViT stage's final weights, frozen: its visual head is the ViT's.
+    vit_state, llb_state = params(out / "vit" / "last.pt"), params(out / "last.pt")
+    assert all(torch.equal(v, llb_state[f"backbone.{k}"]) for k, v in vit_state.items())
+    vit_results = json.loads((out / "vit" / "results.json").read_text())
+    assert vit_results["top1_visual"] == results["top1_visual"]
+    printed = capsys.readouterr().out
+    assert "p_V (ViT head)" in printed and "p_O (integrated)" in printed and "global batch 20" in printed
+
+
+def test_llb_method_on_a_vit_checkpoint_and_eval_only(tmp_path):
+    run(tmp_path, "--method", "vit", "--epochs", "1", out="vit")
+    ckpt = str(tmp_path / "vit" / "last.pt")
+    results = run(tmp_path, "--method", "llb", "--backbone", ckpt, "--epochs", "1", "--alpha", "0.5",
+                  "--no-diversity", out="llb")
+    saved = torch.load(tmp_path / "llb" / "last.pt", weights_only=True)
+    assert saved["kind"] == "llb" and saved["llb_config"]["alpha"] == 0.5
+    assert saved["llb_config"]["diversity"] is False
+    again = train.main(TINY + ["--eval-only", str(tmp_path / "llb" / "last.pt")])
+    assert again == pytest.approx({k: v for k, v in results.items()})
+    vit_only = train.main(TINY + ["--eval-only", ckpt])
+    assert set(vit_only) == {"top1_visual", "top5_visual"}
+    assert vit_only["top1_visual"] == pytest.approx(results["top1_visual"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["vit", "vit+llb"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
+    """A crash right after epoch 1's checkpoint, then --resume, ends bit-identical to a straight run."""
+    epochs = ["--epochs", "2", "--llb-epochs", "2"] if method == "vit+llb" else ["--epochs", "2"]
+    args = ["--method", method, *epochs, "--warmup-epochs", "0.5"]
+    straight = run(tmp_path, *args, out="straight")
+
+    save, final = train.save_checkpoint, method.split("+")[-1]
+
+    def killed_during_epoch_2(path, state):
+        if state["kind"] == final and state["epoch"] == 2:
+            raise Interrupt  # killed before epoch 2 was saved: last.pt still holds epoch 1
+        save(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_during_epoch_2)
+    with pytest.raises(Interrupt):
+        run(tmp_path, *args, out="resumed")
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = run(tmp_path, *args, "--resume", out="resumed")
+    assert resumed == straight
+    a, b = params(tmp_path / "straight" / "last.pt"), params(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_cpu_processes_keep_identical_parameters_on_disjoint_data(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "train.py", *TINY, "--method", "vit", "--epochs", "1", "--gpus", "2",
+           "--log-sample-ids", "--out-dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.abspath(train.__file__)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "global batch 40 (2 x 20)" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    fingerprints = results["param_fingerprint_per_rank"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    ids = [json.loads((out / f"samples_rank{r}.jsonl").read_text())["ids"] for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 60  # 120 images, 2 ranks: 60 each = 3 batches of 20
+    assert not set(ids[0]) & set(ids[1])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "llb"], "--method llb needs a backbone"),
+    (["--pretrained", "vit_b_16:IMAGENET1K_V1", "--backbone", "x.pt"], "pick one"),
+    (["--method", "vit", "--llb-epochs", "3"], "--llb-epochs/--llb-lr set the LLB stage"),
+    (["--weights-file", "x.pth"], "--weights-file needs --pretrained"),
+    (["--device", "cuda", "--gpus", "8"], "this machine has"),
+    (["--eval-only", "a.pt", "--benchmark"], "separate modes"),
+])
+def test_invalid_options_fail_at_parsing(argv, message, capsys):
+    if "cuda" in argv and torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run(tmp_path, "--method", "vit", "--epochs", "2")
+    good = params(tmp_path / "run" / "last.pt")
+    # Fake a blow-up in epoch 3 of a resumed run: the loss turns NaN at its 4th step (step 15).
+    calls = []
+    real = train.F.cross_entropy
+
+    def exploding(logits, *a, **k):
+        calls.append(1)
+        return real(logits, *a, **k) * (float("nan") if len(calls) == 4 else 1.0)
+
+    monkeypatch.setattr(train.F, "cross_entropy", exploding)
+    with pytest.raises(RuntimeError, match=r"non-finite loss \(nan\) at step 15 \(epoch 3\).*last\.pt"):
+        run(tmp_path, "--method", "vit", "--epochs", "3", "--resume")
+    kept = params(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_checkpoint_from_another_model_or_class_count(tmp_path):
+    run(tmp_path, "--method", "vit", "--epochs", "1")
+    with pytest.raises(ValueError, match=r"is from another model: vit_config differs.*'width': \(96, 192\)"):
+        run(tmp_path, "--method", "vit", "--epochs", "2", "--resume", "--model", "tiny")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ckpt["vit_config"]["num_classes"] = 7
+    torch.save(ckpt, tmp_path / "seven.pt")
+    with pytest.raises(ValueError, match=r"holds a 7-class model \(trained on synthetic\) but the dataset has 10"):
+        run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "seven.pt"), out="llb")
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt not found"):
+        train.main(TINY + ["--eval-only", str(tmp_path / "nope.pt")])

@@ -1,0 +1,189 @@
+"""Tests for vit.py: logits parity with torchvision, presets, weight loading, errors."""
+import pytest
+import torch
+import torchvision
+from torchvision.models.vision_transformer import interpolate_embeddings
+
+import vit
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make every parameter non-trivial: torchvision zero-inits the head and ones-inits LayerNorms,
+    which would hide a wrong head or a skipped/misplaced LayerNorm."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if ".ln" in name or "encoder.ln" in name:  # LayerNorm: weight around 1, bias around 0
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
+            else:
+                p.add_(0.02 * noise)
+    return model.eval()
+
+
+@pytest.mark.parametrize("builder, kwargs", [
+    (torchvision.models.vit_b_16, {}),
+    (torchvision.models.vit_b_32, {}),
+    (torchvision.models.vit_b_16, {"image_size": 384}),
+], ids=["vit_b_16", "vit_b_32", "vit_b_16@384"])
+def test_logits_match_torchvision(builder, kwargs):
+    torch.manual_seed(0)
+    reference = perturbed(builder(**kwargs))
+    ours = vit.from_torchvision(reference).eval()
+    assert ours.config.image_size == reference.image_size
+    x = torch.randn(2, 3, reference.image_size, reference.image_size)
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert expected.abs().max() > 0.1  # the perturbation made the logits non-trivial
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_from_state_dict_equals_from_module():
+    reference = perturbed(torchvision.models.vit_b_32())
+    a = vit.from_torchvision(reference)
+    b = vit.from_torchvision(reference.state_dict())  # heads inferred from the width
+    assert a.config == b.config
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_position_embedding_interpolation_matches_torchvision():
+    """224 -> 384: our resize equals torchvision's interpolate_embeddings, and so do the logits."""
+    source = perturbed(torchvision.models.vit_b_32())
+    ours = vit.from_torchvision(source, image_size=384).eval()
+    state = interpolate_embeddings(384, 32, source.state_dict())
+    reference = torchvision.models.vit_b_32(image_size=384)
+    reference.load_state_dict(state)
+    reference.eval()
+    torch.testing.assert_close(ours.pos_embed, reference.encoder.pos_embedding, atol=1e-6, rtol=0)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=0)
+
+
+def test_new_num_classes_gets_a_fresh_head():
+    source = perturbed(torchvision.models.vit_b_32())
+    model = vit.from_torchvision(source, num_classes=10)
+    assert model.head.weight.shape == (10, 768)
+    assert torch.count_nonzero(model.head.weight) == 0  # new head, zero-initialised
+    assert torch.equal(model.blocks[3].mlp.fc1.weight,
+                       source.encoder.layers.encoder_layer_3.mlp[0].weight)
+
+
+def test_vit_b_16_parameter_count():
+    # 86,567,656 as torchvision's ViT_B_16_Weights.IMAGENET1K_V1.meta["num_params"] states
+    assert sum(p.numel() for p in vit.create_vit("base").parameters()) == 86_567_656
+    assert sum(p.numel() for p in vit.create_vit("vit_b_16").parameters()) == 86_567_656
+
+
+def test_presets_and_overrides():
+    expected = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
+                "large": (1024, 24, 16), "huge": (1280, 32, 16)}
+    for name, (width, depth, heads) in expected.items():
+        c = vit.ViTConfig(**vit.PRESETS[name])
+        assert (c.width, c.depth, c.heads, c.mlp_dim, c.patch_size) == (width, depth, heads, 4 * width, 16)
+    assert vit.ViTConfig(**vit.PRESETS["vit_h_14"]).patch_size == 14
+    assert vit.ViTConfig(**vit.PRESETS["vit_l_32"]).depth == 24
+    # CIFAR: 32x32 inputs with patch 4 -> 64 patch tokens + the class token
+    model = vit.create_vit("tiny", image_size=32, patch_size=4, num_classes=10, depth=2)
+    logits, blocks = model(torch.randn(3, 3, 32, 32), return_blocks=True)
+    assert logits.shape == (3, 10)
+    assert len(blocks) == 2 and all(z.shape == (3, 65, 192) for z in blocks)
+
+
+def test_block_outputs_are_the_blocks_applied_in_turn():
+    torch.manual_seed(0)
+    model = vit.ViT(image_size=16, patch_size=4, width=32, depth=3, heads=2, mlp_dim=64, num_classes=5)
+    torch.nn.init.normal_(model.head.weight)
+    x = torch.randn(2, 3, 16, 16)
+    logits, blocks = model(x, return_blocks=True)
+    z = model.embed(x)
+    for block, z_l in zip(model.blocks, blocks):
+        z = block(z)
+        assert torch.equal(z, z_l)
+    assert torch.equal(logits, model(x))
+    # ViT Eq. (4): the head reads the LayerNorm of the class token of the last block
+    assert torch.allclose(logits, model.head(model.norm(blocks[-1][:, 0])))
+
+
+def test_patches_are_flattened_in_row_major_order():
+    """Eq. (1) as written: patch i is x_p^i E with E the flattened conv kernel."""
+    model = vit.ViT(image_size=8, patch_size=4, width=8, depth=1, heads=2, mlp_dim=8, num_classes=2)
+    x = torch.randn(1, 3, 8, 8)
+    E = model.patch_embed.proj.weight.reshape(8, -1)  # (D, C*P*P)
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (1, C, 2, 2, P, P)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(1, 4, -1)  # (1, N, C*P*P), row-major
+    expected = patches @ E.T + model.patch_embed.proj.bias
+    torch.testing.assert_close(model.patch_embed(x), expected, atol=1e-5, rtol=0)
+
+
+def test_load_pretrained_from_local_file(tmp_path):
+    source = perturbed(torchvision.models.vit_b_32())
+    path = tmp_path / "vit_b_32.pth"
+    torch.save(source.state_dict(), path)
+    model = vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), atol=1e-5, rtol=0)
+
+
+def test_eval_spec_is_the_weights_own_transform():
+    spec = vit.pretrained_eval_spec("vit_b_16:IMAGENET1K_SWAG_E2E_V1")
+    assert spec == dict(resize_size=384, crop_size=384, interpolation="bicubic",
+                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    spec = vit.pretrained_eval_spec("vit_b_16:IMAGENET1K_V1")
+    assert (spec["resize_size"], spec["crop_size"], spec["interpolation"]) == (256, 224, "bilinear")
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match=r"unknown ViT preset 'bse'.*expected one of .*base"):
+        vit.create_vit("bse")
+    with pytest.raises(ValueError, match=r"unknown ViT option.*'widht'.*valid options"):
+        vit.create_vit("base", widht=10)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("vit_b_16:NOPE", r"unknown weights 'NOPE' for vit_b_16; torchvision has .*IMAGENET1K_V1"),
+    ("vit_x_16:IMAGENET1K_V1", r"expected 'ARCH:WEIGHTS' with ARCH one of vit_b_16"),
+    ("vit_b_16", r"expected 'ARCH:WEIGHTS'"),
+])
+def test_unknown_weight_names(name, message):
+    with pytest.raises(ValueError, match=message):
+        vit.pretrained_eval_spec(name)
+    with pytest.raises(ValueError, match=message):
+        vit.load_pretrained(name, weights_file="unused.pth")
+
+
+def test_missing_weight_file(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*not found.*https://download\.pytorch\.org"):
+        vit.load_pretrained("vit_b_16:IMAGENET1K_V1", weights_file=missing)
+
+
+def test_wrong_file_for_weights(tmp_path):
+    path = tmp_path / "b32.pth"
+    torch.save(torchvision.models.vit_b_32(num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match=r"10-class ViT but vit_b_32:IMAGENET1K_V1 is 224 px, 1000 classes"):
+        vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path))
+
+
+def test_shape_mismatch():
+    state = torchvision.models.vit_b_32().state_dict()
+    state["encoder.layers.encoder_layer_2.mlp.0.weight"] = torch.zeros(100, 768)
+    with pytest.raises(ValueError, match=r"shape mismatch for blocks\.2\.mlp\.fc1\.weight.*\(100, 768\).*\(3072, 768\)"):
+        vit.from_torchvision(state)
+    with pytest.raises(ValueError, match=r"not a torchvision VisionTransformer state dict"):
+        vit.from_torchvision({"weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"shape mismatch for patch_embed"):
+        vit.from_torchvision(torchvision.models.vit_b_32().state_dict(), patch_size=16)
+
+
+def test_image_size_not_divisible_by_patch():
+    with pytest.raises(ValueError, match=r"image_size 225 is not divisible by patch_size 16.*multiple of 16"):
+        vit.create_vit("base", image_size=225)
+    model = vit.create_vit("micro", image_size=32, patch_size=8)
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\), got \(1, 3, 28, 28\)"):
+        model(torch.randn(1, 3, 28, 28))
