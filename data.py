@@ -81,6 +81,7 @@ OBJECT_COLOURS = ((.9, .2, .2), (.9, .32, .2), (.2, .8, .3), (.2, .8, .42), (.25
                   (.37, .4, .95), (.9, .85, .2), (.9, .85, .2), (.85, .3, .85), (.85, .3, .85),
                   (.2, .85, .85), (.2, .85, .85))
 DOTTED_TYPES = (7, 9, 11)
+SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")  # object type t has shape t // 2
 RANKING = (0, 3, 4, 7, 8, 11, 1, 2, 5, 6, 9, 10)  # RANKING[r] = object type of importance rank r
 
 
@@ -451,7 +452,11 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         sizes = {} if max_per_class is None else {"num_images": SYNTHETIC_CLASSES * max_per_class}
         train = SyntheticObjects("train", seed=seed, transform=train_tf, **sizes)
         val = SyntheticObjects("val", seed=seed, transform=val_tf, **sizes)
-        info = DataInfo(name, SYNTHETIC_CLASSES, size, train.class_names, in_memory=True)
+        # Superclass = the deciding object's shape: twin classes (e.g. "red square" and its
+        # greener twin) share one, so look-alike, semantically unrelated classes are grouped.
+        info = DataInfo(name, SYNTHETIC_CLASSES, size, train.class_names, in_memory=True,
+                        coarse_of_class=[RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)],
+                        coarse_names=list(SHAPE_NAMES))
     elif name in CIFAR_STATS:
         train, val, info = build_cifar(name, root, train_tf=train_tf, val_tf=val_tf,
                                        download=download)

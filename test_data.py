@@ -231,6 +231,15 @@ def test_class_selection_errors(folder_root, tmp_path):
         data.build_datasets("cifar10", str(tmp_path), max_per_class=3)
 
 
+def test_synthetic_superclasses_group_the_look_alike_twins():
+    _, _, info = data.build_datasets("synthetic", max_per_class=1)
+    # twins sit 6 ranks apart: class c and class c + 6 are decided by the same shape
+    for c in range(4):
+        assert info.coarse_of_class[c] == info.coarse_of_class[c + 6]
+        assert info.class_names[c + 6].startswith(info.class_names[c].split(",")[0].split(" +")[0])
+    assert len(set(info.coarse_of_class)) == 6 and info.coarse_names[info.coarse_of_class[0]] == "square"
+
+
 def test_synthetic_max_per_class_keeps_classes_balanced():
     train, val, _ = data.build_datasets("synthetic", max_per_class=7)
     for split in (train, val):

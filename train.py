@@ -2,9 +2,9 @@
 
     python train.py                                   # CPU demo: synthetic set, ViT then LLB
     python train.py --dataset cifar100 --data-dir data --download
-    python train.py --method llb --dataset imagenet --data-dir /data/imagenet \
-        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 8
-    torchrun --nnodes 2 --nproc-per-node 8 ... train.py --method llb ...   # multi-node: same flags
+    python train.py --method llb --dataset imagenet --data-dir /data/imagenet
+        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 8 --batch-size 64
+    torchrun --nnodes 2 --nproc-per-node 8 train.py --method llb ...   # multi-node: same flags
 
 `--method vit+llb` (default) is `--method vit` into <out-dir>/vit, then `--method llb` on that
 frozen ViT into <out-dir>. Each stage writes last.pt / best.pt (best: top-1 on the validation
@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018 into --data-dir")
     g("--image-size", type=int, help="default: the dataset's (32 for synthetic/CIFAR, 224) or the weights'")
     g("--classes", help="imagenet/folder subset: first K classes, or a file with one class name per line")
-    g("--max-per-class", type=int, help="imagenet/folder subset: at most M images per class")
+    g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: at most M images per class")
     g("--randaugment", action="store_true", help="RandAugment(3, 9) on CIFAR (always on for 224 sets)")
     g("--workers", type=int, help="loader processes per rank (default: 0 in-memory, else up to 8)")
     g = p.add_argument_group("model").add_argument
@@ -225,13 +224,17 @@ def unwrap(model):
 def build_data(args, rank=0, world=1):
     spec = vit.pretrained_eval_spec(args.pretrained) if args.pretrained else None
     classes = int(args.classes) if args.classes and args.classes.isdigit() else args.classes
-    expected = len(vit._torchvision_weights(args.pretrained)[1].meta["categories"]) \
+    expected = len(vit.torchvision_weights(args.pretrained)[1].meta["categories"]) \
         if args.pretrained and args.method == "llb" else None
+    if args.download and rank > 0:
+        dist.barrier()  # wait for rank 0's download, then read it
     train_set, val_set, info = data.build_datasets(
         args.dataset, args.data_dir, image_size=None if spec else args.image_size, eval_spec=spec,
         randaugment=args.randaugment, classes=classes, max_per_class=args.max_per_class,
         download=args.download and rank == 0, seed=args.seed, expected_num_classes=expected,
         weights_name=args.pretrained)
+    if args.download and rank == 0 and world > 1:
+        dist.barrier()
     loader = dict(workers=args.workers, rank=rank, world_size=world, seed=args.seed,
                   pin_memory=args.device == "cuda")
     return (data.build_loader(train_set, batch_size=args.batch_size, train=True, **loader),

@@ -306,7 +306,7 @@ def from_torchvision(model_or_state_dict, **overrides) -> ViT:
     return model
 
 
-def _torchvision_weights(name: str):
+def torchvision_weights(name: str):
     """'vit_b_16:IMAGENET1K_SWAG_E2E_V1' -> (architecture, torchvision WeightsEnum member)."""
     from torchvision.models import get_model_weights
 
@@ -324,7 +324,7 @@ def _torchvision_weights(name: str):
 
 def pretrained_eval_spec(name: str) -> dict:
     """The eval transform of torchvision weights, as data.py takes it (no download needed)."""
-    t = _torchvision_weights(name)[1].transforms()
+    t = torchvision_weights(name)[1].transforms()
     return dict(resize_size=t.resize_size[0], crop_size=t.crop_size[0], mean=tuple(t.mean),
                 std=tuple(t.std), interpolation=t.interpolation.value)
 
@@ -335,7 +335,7 @@ def load_pretrained(name: str, *, weights_file: str | None = None, **overrides) 
     Downloads through torchvision's own cache ($TORCH_HOME), or reads `weights_file`, a local
     copy of the same .pth (for machines without internet).
     """
-    arch, weights = _torchvision_weights(name)
+    arch, weights = torchvision_weights(name)
     if weights_file is None:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     else:

@@ -1,0 +1,308 @@
+"""`python train.py --benchmark`: training and evaluation throughput of this project's ViT,
+torchvision's VisionTransformer of the same configuration, and LLB on our (frozen) ViT.
+
+What is measured, per model, in one process, on the same random batch (fixed seed; nothing is
+learned), with the same optimizer (AdamW, fused on CUDA, lr 1e-4, weight decay 0.05 on matrices
+via train.build_optimizer) and the same autocast setting (--amp):
+  * train step = forward under autocast + loss + backward + optimizer step (no grad clipping).
+      vit, torchvision_vit: cross-entropy, every parameter trains (a full fine-tune);
+      llb: llb.LLB.loss (CE(p_N, y) + lambda L_div), backbone frozen, only the branch trains.
+  * eval step  = forward in eval mode under torch.no_grad() (and autocast).
+  The three models are built one after the other (seeded) and all stay resident. Each phase
+  (train, then eval) first runs `warmup` untimed steps per model (torch.compile's compilation,
+  with --compile, happens there), then `steps` timed steps INTERLEAVED across models (step i of
+  vit, torchvision_vit, llb, then step i + 1), so that a machine shared with other work slows
+  all models alike. Each step is timed alone (torch.cuda.synchronize before each clock read on
+  CUDA) and the MEDIAN step time is reported: img/s = batch size / median step time.
+  * peak memory (MiB) = what building the model and its warm-up train steps add at their peak:
+      CUDA: torch.cuda.max_memory_allocated (after reset_peak_memory_stats) minus
+            memory_allocated before the model was built;
+      CPU:  peak process RSS (a thread reads /proc/self/statm every 5 ms; Linux only) minus the
+            RSS before the model was built; freed memory is handed back to the OS first
+            (gc.collect + malloc_trim) so that the baseline is honest.
+      With --compile, the CPU figure of the first model includes the compiler's own memory.
+      Either way: weights + gradients + optimizer state + activations of one train step (for
+      LLB: the frozen backbone's weights, the branch's gradients and state, no backbone graph).
+  * MFU of the ViT train step (CUDA only): model FLOPs (see vit_train_flops) / median step time
+    / the GPU's dense bf16 peak (PEAK_BF16 below; an unknown GPU gives None).
+LLB uses the authors' defaults (O = 2048 latent objects, depth 6, branch at block L - 1) unless
+set on the command line; see llb_num_objects for the one option train.py pre-resolves.
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.vision_transformer import VisionTransformer
+
+import llb
+import train
+import vit
+
+MODELS = ("vit", "torchvision_vit", "llb")
+LR, WEIGHT_DECAY, NUM_CLASSES = 1e-4, 0.05, 1000
+STEPS = {"cpu": (1, 3), "cuda": (10, 30)}  # (warm-up, timed) steps per phase
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s, matched as substrings of the device name.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def vit_config(args) -> vit.ViTConfig:
+    """The benchmarked architecture: --model (default base; a --pretrained name gives its
+    architecture, its weights are not loaded), --image-size (default 224), --patch-size."""
+    name = args.model or (args.pretrained.split(":")[0] if args.pretrained else "base")
+    over = dict(image_size=args.image_size or 224, num_classes=NUM_CLASSES)
+    if args.patch_size:
+        over["patch_size"] = args.patch_size
+    return vit.ViTConfig(**(vit.PRESETS[name] | over))
+
+
+def llb_num_objects(args) -> int:
+    """train.py resolves an unset --num-objects to 64 on its synthetic demo set (the default
+    --dataset); the benchmark then uses the authors' 2048. An explicit value is kept, except
+    exactly 64 on the synthetic set, which cannot be told apart from the demo default."""
+    demo = args.dataset == "synthetic" and args.num_objects == train.DEMO["num_objects"]
+    return 2048 if demo else args.num_objects
+
+
+def build_model(name: str, args) -> nn.Module:
+    """One of MODELS, on the CPU, freshly initialised (weights do not change timings)."""
+    c = vit_config(args)
+    if name == "torchvision_vit":
+        return VisionTransformer(image_size=c.image_size, patch_size=c.patch_size, num_layers=c.depth,
+                                 num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
+                                 num_classes=c.num_classes)
+    model = vit.ViT(c)
+    if name == "llb":  # other LLB options: train.py's defaults are the authors' (PAPER.md)
+        args = argparse.Namespace(**(vars(args) | dict(num_objects=llb_num_objects(args))))
+        model = train.build_llb(args, model)
+    elif name != "vit":
+        raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")
+    return model
+
+
+def vit_train_flops(c: vit.ViTConfig, batch: int) -> float:
+    """Model FLOPs of one ViT training step (a multiply-add = 2 FLOPs), T = N + 1 tokens:
+    per image forward = 2 * (matmul params per token) * T           with per block 4 D^2 + 2 D M
+                      + 2 * 2 * T^2 * D per block                   (q k^T and A v)
+                      + 2 * N * (P^2 C D)                           (patch embedding)
+                      + 2 * D * K                                   (head, class token only)
+    training = 3 x forward (backward = 2 x forward); recomputation is not counted."""
+    N, T, D = c.num_patches, c.num_patches + 1, c.width
+    per_block = 2 * (4 * D * D + 2 * D * c.mlp_dim) * T + 2 * 2 * T * T * D
+    forward = c.depth * per_block + 2 * N * c.patch_size ** 2 * c.channels * D + 2 * D * c.num_classes
+    return 3 * forward * batch
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident pages -> bytes
+
+
+def _free_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:  # glibc keeps freed heap pages; give them back so that the next RSS baseline is honest
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Bytes a block of code adds at its peak, `.mb` in MiB. CUDA: max_memory_allocated after
+    reset_peak_memory_stats, minus memory_allocated at entry. CPU: max process RSS, sampled
+    every 5 ms by a thread (and at exit), minus the RSS at entry."""
+
+    def __init__(self, device):
+        self.device, self.cuda = device, device.type == "cuda"
+
+    def __enter__(self):
+        _free_memory(self.device)
+        if self.cuda:
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = self.peak = _rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            _sync(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss())
+        self.mb = (self.peak - self.start) / 2 ** 20
+
+
+def _time(step, device) -> float:
+    """Seconds of one call of step(), the GPU's queue drained before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _autocast(args, device):
+    dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=args.amp != "off")
+
+
+def prepare(name: str, args, device, x, y) -> dict:
+    """One of MODELS on `device` with its optimizer; its "train" and "eval" step functions."""
+    torch.manual_seed(args.seed)
+    model = build_model(name, args).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = train.build_optimizer(params, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY, device=device)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    autocast = _autocast(args, device)
+    net = torch.compile(model) if args.compile else model
+    if isinstance(model, llb.LLB):
+        loss_fn = lambda out: model.loss(out, y)[0]  # noqa: E731  (its parts dict costs one sync)
+    else:
+        loss_fn = lambda out: F.cross_entropy(out.float(), y)  # noqa: E731
+
+    def train_step():  # forward + loss + backward + optimizer step
+        with autocast:
+            out = net(x)
+        loss = loss_fn(out)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def eval_step():  # forward only
+        with torch.no_grad(), autocast:
+            net(x)
+
+    return dict(net=net, train=train_step, eval=eval_step,
+                params=sum(p.numel() for p in model.parameters()),
+                trainable_params=sum(p.numel() for p in params))
+
+
+def measure(args, device, x, y, warmup: int, steps: int) -> dict:
+    """Figures of every model in MODELS (see the module docstring)."""
+    # Prime the runtime (autograd engine, thread pools, oneDNN/BLAS buffers) with one step of a
+    # 1-block ViT, so that its one-time allocations do not count against the first model.
+    prime = vit.ViT(vit_config(args), depth=1).to(device)
+    with _autocast(args, device):
+        out = prime(x)
+    F.cross_entropy(out.float(), y).backward()
+    del prime, out
+    bench, peak_mb = {}, {}
+    for name in MODELS:  # built one at a time, each then kept; memory = what this one adds
+        with PeakMemory(device) as mem:
+            bench[name] = b = prepare(name, args, device, x, y)
+            b["net"].train()  # (LLB keeps a frozen backbone in eval mode)
+            for _ in range(warmup):
+                _time(b["train"], device)
+        peak_mb[name] = mem.mb
+    times = {}
+    for phase in ("train", "eval"):
+        for b in bench.values():
+            b["net"].train(phase == "train")
+            for _ in range(warmup if phase == "eval" else 0):  # train was warmed up above
+                _time(b["eval"], device)
+        times[phase] = {m: [] for m in MODELS}
+        for _ in range(steps):  # interleaved: step i of every model, then step i + 1
+            for m, b in bench.items():
+                times[phase][m].append(_time(b[phase], device))
+    results = {}
+    for m, b in bench.items():
+        train_s, eval_s = statistics.median(times["train"][m]), statistics.median(times["eval"][m])
+        results[m] = dict(train_img_s=len(x) / train_s,  # images per second of the train step
+                          eval_img_s=len(x) / eval_s,  # images per second of the eval forward
+                          peak_mem_mb=peak_mb[m],  # MiB added by building and warm-up training
+                          train_ms_per_step=1e3 * train_s, eval_ms_per_step=1e3 * eval_s,
+                          params=b["params"], trainable_params=b["trainable_params"])
+    del bench
+    _free_memory(device)
+    return results
+
+
+def run(args, device, *, warmup: int | None = None, steps: int | None = None) -> dict:
+    """Measure MODELS, print a table, write <out_dir>/benchmark.json and return its content."""
+    device = torch.device(device)
+    warmup = max(1, STEPS[device.type][0] if warmup is None else warmup)  # >= 1: memory needs it
+    steps = STEPS[device.type][1] if steps is None else steps
+    c = vit_config(args)
+    g = torch.Generator().manual_seed(args.seed)  # the same batch for every model
+    x = torch.randn(args.batch_size, c.channels, c.image_size, c.image_size, generator=g).to(device)
+    y = torch.randint(0, c.num_classes, (args.batch_size,), generator=g).to(device)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})")
+    results = measure(args, device, x, y, warmup, steps)
+
+    tv = results["torchvision_vit"]
+    for r in results.values():  # > 1: faster than torchvision's ViT of the same configuration
+        r["train_vs_torchvision"] = r["train_img_s"] / tv["train_img_s"]
+        r["eval_vs_torchvision"] = r["eval_img_s"] / tv["eval_img_s"]
+    # LLB's train step relative to a full fine-tune of the same backbone (< 1: LLB is cheaper)
+    llb_vs_vit = results["llb"]["train_ms_per_step"] / results["vit"]["train_ms_per_step"]
+    mfu, mfu_note = None, "CUDA only"
+    if device.type == "cuda":
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        mfu_note = f"vs dense bf16 peak {peak:.3g} FLOP/s" if peak else f"unknown peak FLOP/s for {name}"
+        mfu_note += "" if args.amp == "bf16" else f" (amp {args.amp}: not bf16 matmuls)"
+        if peak:  # model FLOPs per second of the ViT train step / the GPU's peak
+            mfu = vit_train_flops(c, args.batch_size) / (results["vit"]["train_ms_per_step"] / 1e3) / peak
+    results["vit"]["mfu"] = mfu
+
+    report = {
+        "device": name, "results": results,
+        "llb_train_step_vs_vit": llb_vs_vit, "mfu_note": mfu_note,
+        "config": dict(vars(c), llb_num_objects=llb_num_objects(args), llb_depth=args.llb_depth,
+                       llb_layer=args.layer or max(c.depth - 1, 1)),
+        "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
+        "warmup_steps": warmup, "timed_steps": steps, "statistic": "median step time",
+        "order": "interleaved per step: " + ", ".join(MODELS),
+        "peak_mem": ("cuda max_memory_allocated" if device.type == "cuda" else "cpu peak RSS")
+        + " minus the value before building the model; build + warm-up train steps",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    report = json.loads(json.dumps(report))  # exactly what the file holds
+    out = Path(args.out_dir)
+    if os.environ.get("RANK", "0") == "0":  # under --gpus N every rank measures its own GPU
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"\n{c.depth}-block ViT, D={c.width}, {c.image_size} px, P={c.patch_size}, batch {args.batch_size}, "
+          f"amp {args.amp}{', compiled' if args.compile else ''}, {name}, median of {steps} steps")
+    print(f"{'model':<17}{'train img/s':>12}{'eval img/s':>12}{'train vs tv':>12}{'eval vs tv':>12}"
+          f"{'peak MB':>10}")
+    for m, r in results.items():
+        print(f"{m:<17}{r['train_img_s']:>12.2f}{r['eval_img_s']:>12.2f}{r['train_vs_torchvision']:>11.2f}x"
+              f"{r['eval_vs_torchvision']:>11.2f}x{r['peak_mem_mb']:>10.0f}")
+    print(f"LLB train step / ViT full fine-tune step: {llb_vs_vit:.2f}")
+    print(f"ViT train MFU: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({mfu_note})")
+    print(f"written to {out / 'benchmark.json'}")
+    return report
