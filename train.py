@@ -145,6 +145,7 @@ def launch(argv: list, args) -> None:
 def _worker(rank: int, argv: list, world: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # CPU ranks share the cores
     main(argv)
 
 
