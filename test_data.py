@@ -84,7 +84,7 @@ def test_synthetic_build_sizes_balance_and_items():
     train, val, info = data.build_datasets("synthetic", seed=0)
     assert (len(train), len(val)) == (6000, 1000)
     assert info.num_classes == 10 and info.image_size == 32 and info.in_memory
-    assert len(info.class_names) == 10 and info.coarse_of_class is None
+    assert len(info.class_names) == 10 and len(info.coarse_of_class) == 10
     for ds, n in ((train, 600), (val, 100)):
         assert torch.bincount(torch.tensor(ds.targets)).tolist() == [n] * 10
     assert train.images.dtype == torch.uint8 and train.images.shape == (6000, 3, 32, 32)
