@@ -38,7 +38,7 @@ STAGE_DEFAULTS = {
 }
 # The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
 # larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
-DEMO = dict(epochs=8, llb_epochs=4, llb_lr=1e-3, num_objects=64)
+DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)
 HEADS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)", "integrated": "p_O (integrated)"}
 
 
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--no-integrate", action="store_true", help="ablation: p_O = p_N")
     g("--unfreeze", action="store_true", help="train the backbone too (paper: frozen)")
     g = p.add_argument_group("optimization").add_argument
-    g("--epochs", type=int, help="default: 70 (paper), 8 on synthetic")
+    g("--epochs", type=int, help="default: 70 (paper), 12 on synthetic")
     g("--llb-epochs", type=int, help="LLB stage of vit+llb (default: --epochs; 4 on synthetic)")
     g("--batch-size", type=int, help="per process (default 128, the paper's per GPU; --benchmark: 8 on cpu)")
     g("--lr", type=float, help="peak learning rate (default per stage: see STAGE_DEFAULTS)")
