@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+import checkpoint
 import train
 
 NUM_IMAGES, PAIRS_PER_ROW, PAIR_GAP, PADDING, MIN_IMAGE_PX = 8, 4, 2, 12, 128
@@ -171,7 +172,7 @@ def run(args, device) -> dict:
     Single process: under --gpus N / torchrun, rank 0 does it all and the others return {}."""
     if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return {}
-    ckpt = train.load_checkpoint(args.analyze)
+    ckpt = checkpoint.load_checkpoint(args.analyze)
     if ckpt.get("kind") != "llb":
         raise ValueError(f"--analyze needs an LLB checkpoint, but {args.analyze} holds a "
                          f"{ckpt.get('kind')!r} model (no latent objects). Train LLB on it with: "
@@ -181,7 +182,7 @@ def run(args, device) -> dict:
         raise ValueError(f"{args.analyze} was trained on {ckpt['dataset']} at "
                          f"{ckpt['vit_config']['image_size']} px, but the options give {info.name} at "
                          f"{info.image_size} px: pass the data options used for training")
-    model = train.model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.analyze)
+    model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.analyze)
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     O, K = model.config.num_objects, info.num_classes

@@ -11,21 +11,7 @@ Transforms follow the authors' recipe: train = Resize 256 -> CenterCrop 224 -> R
 -> normalize; eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval transform
 of pretrained torchvision weights) sizes, interpolation, mean and std come from the weights.
 
-The synthetic "latent objects" set (SyntheticObjects). A 32x32 image is a 4x4 grid of 8x8 cells,
-so with patch size 8 each ViT patch is one cell. Three cells hold one object each; the other 13
-are dark background (grey level per image) with mild pixel noise. There are 12 object types: 6
-shapes (square, ring, plus, cross, stripes, diamond), each in two look-alike variants ("twins").
-The first three pairs differ only by a slight tint (+0.12 in one colour channel), the last three
-only by a one-pixel white dot in the cell corner. Brightness is jittered by up to 10%, never
-enough to cross a tint gap.
-Rule (deterministic, no label noise): the 12 types have a fixed importance ranking (RANKING) and
-the label is the rank of the most important object in the image; ranks 0..9 are classes 0..9
-(the two least important types never decide). Twins sit 6 ranks apart: "red square" decides
-class 0, its greener twin class 6, so swapping an object for its near-identical twin moves the
-image to an unrelated class, a small stand-in for the paper's "visually similar, semantically
-unrelated" classes. The other two objects are distinct types drawn uniformly from those ranked
-below the deciding one, so classes are exactly balanced. Mean colour cannot tell twins apart: a
-linear probe on pixel means scores about 25% (channel means) or 28% (per-cell means).
+The default set, `synthetic`, is generated in memory by synthetic.py.
 """
 from __future__ import annotations
 
@@ -42,12 +28,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
+from synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD,
+                       SyntheticObjects)
+
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-SYNTHETIC_MEAN, SYNTHETIC_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # compared lower-cased
 INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR,
                   "bicubic": T.InterpolationMode.BICUBIC, "nearest": T.InterpolationMode.NEAREST}
@@ -70,91 +58,6 @@ class DataInfo:
     coarse_of_class: list[int] | None = None  # superclass id of each fine class
     coarse_names: list[str] | None = None
     in_memory: bool = False  # data already in RAM: loaders default to 0 workers
-
-
-# ------------------------------------------------------------------------------------ synthetic
-CELL, GRID, OBJECTS_PER_IMAGE, SYNTHETIC_CLASSES = 8, 4, 3, 10
-OBJECT_NAMES = ("red square", "red square, greener tint", "green ring", "green ring, bluer tint",
-                "blue plus", "blue plus, redder tint", "yellow cross", "yellow cross + dot",
-                "magenta stripes", "magenta stripes + dot", "cyan diamond", "cyan diamond + dot")
-OBJECT_COLOURS = ((.9, .2, .2), (.9, .32, .2), (.2, .8, .3), (.2, .8, .42), (.25, .4, .95),
-                  (.37, .4, .95), (.9, .85, .2), (.9, .85, .2), (.85, .3, .85), (.85, .3, .85),
-                  (.2, .85, .85), (.2, .85, .85))
-DOTTED_TYPES = (7, 9, 11)
-SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")  # object type t has shape t // 2
-RANKING = (0, 3, 4, 7, 8, 11, 1, 2, 5, 6, 9, 10)  # RANKING[r] = object type of importance rank r
-
-
-def _object_templates() -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour (12, 3, 8, 8) and coverage (12, 1, 8, 8) of every object type inside one cell."""
-    y, x = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-    inner = (y >= 1) & (y <= 6) & (x >= 1) & (x <= 6)  # 1-pixel margin keeps neighbours apart
-    edge = (y == 1) | (y == 6) | (x == 1) | (x == 6)
-    shapes = torch.stack([inner, inner & edge,
-                          inner & (((y - 3.5).abs() < 1) | ((x - 3.5).abs() < 1)),
-                          inner & ((y == x) | (y == 7 - x)), inner & (y % 2 == 1),
-                          (y - 3.5).abs() + (x - 3.5).abs() <= 3])
-    alpha = shapes.repeat_interleave(2, dim=0).float()[:, None]
-    colour = torch.tensor(OBJECT_COLOURS)[:, :, None, None] * alpha
-    for t in DOTTED_TYPES:
-        alpha[t, :, 0, 0], colour[t, :, 0, 0] = 1.0, 1.0
-    return colour, alpha
-
-
-def make_synthetic_objects(num_images: int, *, seed: int) -> tuple[torch.Tensor, ...]:
-    """Images uint8 (N, 3, 32, 32), labels (N,), object types (N, 3) and their cells (N, 3)."""
-    g = torch.Generator().manual_seed(seed)
-    n_types, n = len(RANKING), num_images
-    labels = (torch.arange(n) % SYNTHETIC_CLASSES)[torch.randperm(n, generator=g)]
-    # The label is the deciding object's rank, so the other objects must rank below it.
-    scores = torch.rand(n, n_types, generator=g)
-    scores[torch.arange(n_types)[None] <= labels[:, None]] = -1.0
-    ranks = torch.cat([labels[:, None], scores.topk(OBJECTS_PER_IMAGE - 1, dim=1).indices], 1)
-    objects = torch.tensor(RANKING)[ranks]
-    cells = torch.rand(n, GRID * GRID, generator=g).argsort(1)[:, :OBJECTS_PER_IMAGE]
-
-    colour, alpha = _object_templates()
-    background = 0.05 + 0.2 * torch.rand(n, 1, 1, 1, 1, generator=g)
-    canvas = background.expand(-1, GRID * GRID, 3, CELL, CELL).clone()
-    brightness = 0.9 + 0.1 * torch.rand(n, OBJECTS_PER_IMAGE, 1, 1, 1, generator=g)
-    rows = torch.arange(n)
-    for k in range(OBJECTS_PER_IMAGE):
-        a, cell, paint = alpha[objects[:, k]], cells[:, k], colour[objects[:, k]] * brightness[:, k]
-        canvas[rows, cell] = a * paint + (1 - a) * canvas[rows, cell]
-    images = canvas.view(n, GRID, GRID, 3, CELL, CELL).permute(0, 3, 1, 4, 2, 5)
-    images = images.reshape(n, 3, GRID * CELL, GRID * CELL)
-    images = images + 0.03 * torch.randn(images.shape, generator=g)
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels, objects, cells
-
-
-class SyntheticObjects(Dataset):
-    """The in-memory latent-objects set described in the module docstring.
-
-    No augmentation: the dot that tells twins apart sits at a fixed cell corner, and a flip or
-    crop would move it or shift objects across patch borders, making objects the rule lacks.
-    """
-
-    in_memory = True
-
-    def __init__(self, split: str = "train", *, num_images: int | None = None, seed: int = 0,
-                 transform: Callable | None = None) -> None:
-        if split not in ("train", "val"):
-            raise ValueError(f"SyntheticObjects split must be 'train' or 'val', got {split!r}")
-        num_images = num_images if num_images is not None else (6000 if split == "train" else 1000)
-        if num_images < 1:
-            raise ValueError(f"SyntheticObjects needs num_images >= 1, got {num_images}")
-        # One random stream per (seed, split), so val never repeats train images.
-        self.images, labels, self.objects, self.cells = make_synthetic_objects(
-            num_images, seed=2 * seed + (split == "val"))
-        self.targets = labels.tolist()
-        self.class_names = [OBJECT_NAMES[RANKING[c]] for c in range(SYNTHETIC_CLASSES)]
-        self.transform = transform or T.Normalize(SYNTHETIC_MEAN, SYNTHETIC_STD)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index].float() / 255), self.targets[index]
 
 
 # ----------------------------------------------------------------------------------- transforms

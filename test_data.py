@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import data
+import synthetic
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -97,7 +98,7 @@ def test_synthetic_build_sizes_balance_and_items():
 def test_synthetic_label_follows_the_ranking_rule():
     ds = data.SyntheticObjects("train", num_images=2000, seed=1)
     rank_of = torch.empty(12, dtype=torch.long)
-    rank_of[torch.tensor(data.RANKING)] = torch.arange(12)
+    rank_of[torch.tensor(synthetic.RANKING)] = torch.arange(12)
     assert torch.equal(rank_of[ds.objects].min(1).values, torch.tensor(ds.targets))
     assert all(len(set(row)) == 3 for row in ds.objects.tolist())  # distinct types
     assert all(len(set(row)) == 3 for row in ds.cells.tolist())  # distinct cells
@@ -108,12 +109,12 @@ def test_synthetic_label_follows_the_ranking_rule():
 
 
 def test_synthetic_twins_look_alike_but_decide_unrelated_classes():
-    colour, alpha = data._object_templates()
+    colour, alpha = synthetic._object_templates()
     drawn = colour * alpha
     twin_gap = [(drawn[2 * p] - drawn[2 * p + 1]).abs().mean() for p in range(6)]
     shape_gap = [(drawn[2 * p] - drawn[2 * q]).abs().mean() for p in range(6) for q in range(p)]
     assert max(twin_gap) < 0.5 * min(shape_gap)
-    rank = {t: r for r, t in enumerate(data.RANKING)}
+    rank = {t: r for r, t in enumerate(synthetic.RANKING)}
     assert all(abs(rank[2 * p] - rank[2 * p + 1]) == 6 for p in range(6))
 
 

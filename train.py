@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +27,8 @@ from tqdm import tqdm
 import data
 import llb
 import vit
+from checkpoint import (check_same_model, configs_of, load_checkpoint, model_from_checkpoint,
+                        save_checkpoint, unwrap)
 
 # Per-stage defaults, for options left unset. llb is the authors' recipe (PAPER.md); a ViT from
 # scratch uses the DeiT-style AdamW setting; fine-tuning released weights takes a 10x smaller lr.
@@ -167,56 +168,6 @@ def all_sum(values: list, device) -> list:
         dist.all_reduce(t)
         values = t.tolist()
     return values
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a crash while writing never leaves a truncated file in place of a good one."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found (train.py writes <out-dir>/last.pt, best.pt)")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_from_checkpoint(ckpt: dict, *, num_classes: int | None = None, source: str = "checkpoint"):
-    """Rebuild the ViT or LLB a checkpoint holds; a wrong class count says what differs."""
-    cfg = ckpt["vit_config"]
-    if num_classes is not None and cfg["num_classes"] != num_classes:
-        raise ValueError(f"{source} holds a {cfg['num_classes']}-class model (trained on "
-                         f"{ckpt['dataset']}) but the dataset has {num_classes} classes")
-    model = vit.ViT(vit.ViTConfig(**cfg))
-    if ckpt["kind"] == "llb":
-        model = llb.LLB(model, **{k: v for k, v in ckpt["llb_config"].items()})
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
-def configs_of(model) -> dict:
-    m = unwrap(model)
-    if isinstance(m, llb.LLB):
-        return {"vit_config": asdict(m.backbone.config), "llb_config": asdict(m.config)}
-    return {"vit_config": asdict(m.config), "llb_config": None}
-
-
-def check_same_model(ckpt: dict, model, path) -> None:
-    """--resume into a different model fails, naming each differing field."""
-    for key, mine in configs_of(model).items():
-        theirs = ckpt.get(key)
-        if theirs != mine:
-            diff = {k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v} if theirs and mine else (theirs, mine)
-            raise ValueError(f"{path} is from another model: {key} differs (checkpoint, this run): {diff}")
-
-
-def unwrap(model):
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
 
 
 # ----------------------------------------------------------------------------- building
@@ -361,10 +312,14 @@ def master() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def autocast_for(args, device):
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=args.amp != "off")
+
+
 def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
               backbone_ckpt: str | None = None) -> dict:
     """Train one stage ("vit" or "llb") to the end, resuming if asked; returns its results."""
-    is_master = rank == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, info = build_data(args, rank, world)
     torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts it)
@@ -393,16 +348,19 @@ def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
         start_epoch, best = ckpt["epoch"], ckpt["best_top1"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         random.setstate(ckpt["rng"]["python"])
-        if is_master:
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if master():
             print(f"[{stage}] resumed from {last_path} at epoch {start_epoch}/{epochs}")
+    elif args.resume and master():
+        print(f"[{stage}] --resume: no {last_path} yet, starting from epoch 1")
     raw = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         model = torch.compile(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
-                              enabled=args.amp != "off")
-    if is_master:
+    autocast = autocast_for(args, device)
+    if master():
         n_train = sum(p.numel() for p in params)
         print(f"[{stage}] {info.name}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
               f"{info.num_classes} classes, {info.image_size} px | {n_train:,} trainable parameters | "
@@ -418,11 +376,12 @@ def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
         top1 = results.get("top1_integrated", results["top1_visual"])  # what best.pt is chosen by
         record = dict(stage=stage, epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=100 * hits / seen,
                       **results, img_s=seen / seconds, time_s=seconds)
-        if is_master:
+        if master():
             state = dict(kind=stage, **configs_of(raw), model=raw.state_dict(), optimizer=optimizer.state_dict(),
                          scaler=scaler.state_dict(), epoch=epoch + 1, best_top1=max(best, top1),
                          dataset=info.name, args=vars(args),
-                         rng=dict(torch=torch.get_rng_state(), python=random.getstate()))
+                         rng=dict(torch=torch.get_rng_state(), python=random.getstate(),
+                                  cuda=torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
             save_checkpoint(last_path, state)
             if top1 > best:
                 save_checkpoint(best_path, state)
@@ -442,7 +401,7 @@ def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
         if len(set(fingerprints)) > 1:
             raise RuntimeError(f"DDP replicas diverged: parameter fingerprints per rank {fingerprints}")
         results["param_fingerprint_per_rank"] = fingerprints
-    if is_master:
+    if master():
         (out_dir / "results.json").write_text(json.dumps(dict(results, stage=stage, dataset=info.name,
                                                               epochs=epochs), indent=2) + "\n")
     return results
@@ -474,9 +433,8 @@ def main(argv=None) -> dict | None:
             ckpt = load_checkpoint(args.eval_only)
             _, val_loader, info = build_data(args, rank, world)
             model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only).to(device)
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
-            results = evaluate(model, val_loader, device, autocast)
-            if rank == 0:
+            results = evaluate(model, val_loader, device, autocast_for(args, device))
+            if master():
                 print_table(results, f"{args.eval_only} on {info.name} validation ({len(val_loader.dataset)} images)")
             return results
         if args.method == "vit+llb":
@@ -484,7 +442,7 @@ def main(argv=None) -> dict | None:
             results = run_stage("llb", args, rank, world, device, out_dir, backbone_ckpt=str(out_dir / "vit" / "last.pt"))
         else:
             results = run_stage(args.method, args, rank, world, device, out_dir, backbone_ckpt=args.backbone)
-        if rank == 0:
+        if master():
             print_table(results, f"{args.dataset} validation, {args.method}, results in {out_dir}/results.json")
         return results
     finally:
