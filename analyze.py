@@ -184,7 +184,7 @@ def run(args, device) -> dict:
                          f"{info.image_size} px: pass the data options used for training")
     model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.analyze)
     model.to(device).eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+    autocast = train.autocast_for(args, device)
     O, K = model.config.num_objects, info.num_classes
     counts, assign_sum = torch.zeros(O, dtype=torch.long), torch.zeros(O, dtype=torch.float64)
     keep = {k: [] for k in ("feat_v", "feat_n", "pred_v", "pred_n", "pred_o", "y")}

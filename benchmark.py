@@ -26,9 +26,8 @@ via train.build_optimizer) and the same autocast setting (--amp):
   * MFU of the ViT train step (CUDA only): model FLOPs (see vit_train_flops) / median step time
     / the GPU's dense bf16 peak (PEAK_BF16 below; an unknown GPU gives None).
 LLB uses the authors' defaults (O = 2048 latent objects, depth 6, branch at block L - 1) unless
-set on the command line; see llb_num_objects for the one option train.py pre-resolves.
+set on the command line.
 """
-import argparse
 import ctypes
 import gc
 import json
@@ -67,14 +66,6 @@ def vit_config(args) -> vit.ViTConfig:
     return vit.ViTConfig(**(vit.PRESETS[name] | over))
 
 
-def llb_num_objects(args) -> int:
-    """train.py resolves an unset --num-objects to 64 on its synthetic demo set (the default
-    --dataset); the benchmark then uses the authors' 2048. An explicit value is kept, except
-    exactly 64 on the synthetic set, which cannot be told apart from the demo default."""
-    demo = args.dataset == "synthetic" and args.num_objects == train.DEMO["num_objects"]
-    return 2048 if demo else args.num_objects
-
-
 def build_model(name: str, args) -> nn.Module:
     """One of MODELS, on the CPU, freshly initialised (weights do not change timings)."""
     c = vit_config(args)
@@ -83,8 +74,7 @@ def build_model(name: str, args) -> nn.Module:
                                  num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
                                  num_classes=c.num_classes)
     model = vit.ViT(c)
-    if name == "llb":  # other LLB options: train.py's defaults are the authors' (PAPER.md)
-        args = argparse.Namespace(**(vars(args) | dict(num_objects=llb_num_objects(args))))
+    if name == "llb":  # train.py's LLB defaults are the authors' (PAPER.md)
         model = train.build_llb(args, model)
     elif name != "vit":
         raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")
@@ -172,11 +162,6 @@ def _time(step, device) -> float:
     return time.perf_counter() - t0
 
 
-def _autocast(args, device):
-    dtype = torch.float16 if args.amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=args.amp != "off")
-
-
 def prepare(name: str, args, device, x, y) -> dict:
     """One of MODELS on `device` with its optimizer; its "train" and "eval" step functions."""
     torch.manual_seed(args.seed)
@@ -184,7 +169,7 @@ def prepare(name: str, args, device, x, y) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = train.build_optimizer(params, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY, device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    autocast = _autocast(args, device)
+    autocast = train.autocast_for(args, device)
     net = torch.compile(model) if args.compile else model
     if isinstance(model, llb.LLB):
         loss_fn = lambda out: model.loss(out, y)[0]  # noqa: E731  (its parts dict costs one sync)
@@ -214,7 +199,7 @@ def measure(args, device, x, y, warmup: int, steps: int) -> dict:
     # Prime the runtime (autograd engine, thread pools, oneDNN/BLAS buffers) with one step of a
     # 1-block ViT, so that its one-time allocations do not count against the first model.
     prime = vit.ViT(vit_config(args), depth=1).to(device)
-    with _autocast(args, device):
+    with train.autocast_for(args, device):
         out = prime(x)
     F.cross_entropy(out.float(), y).backward()
     del prime, out
@@ -280,7 +265,7 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
     report = {
         "device": name, "results": results,
         "llb_train_step_vs_vit": llb_vs_vit, "mfu_note": mfu_note,
-        "config": dict(vars(c), llb_num_objects=llb_num_objects(args), llb_depth=args.llb_depth,
+        "config": dict(vars(c), llb_num_objects=args.num_objects, llb_depth=args.llb_depth,
                        llb_layer=args.layer or max(c.depth - 1, 1)),
         "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
         "warmup_steps": warmup, "timed_steps": steps, "statistic": "median step time",
