@@ -74,7 +74,7 @@ def build_model(name: str, args) -> nn.Module:
                                  num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
                                  num_classes=c.num_classes)
     model = vit.ViT(c)
-    if name == "llb":  # train.py's LLB defaults are the authors' (PAPER.md)
+    if name == "llb":  # train.py's LLB defaults are the authors' recipe
         model = train.build_llb(args, model)
     elif name != "vit":
         raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")

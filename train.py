@@ -30,7 +30,7 @@ import vit
 from checkpoint import (check_same_model, configs_of, load_checkpoint, model_from_checkpoint,
                         save_checkpoint, unwrap)
 
-# Per-stage defaults, for options left unset. llb is the authors' recipe (PAPER.md); a ViT from
+# Per-stage defaults, for options left unset. llb is the authors' recipe (their paper and code); a ViT from
 # scratch uses the DeiT-style AdamW setting; fine-tuning released weights takes a 10x smaller lr.
 STAGE_DEFAULTS = {
     "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_epochs=1.0),
