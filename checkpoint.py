@@ -29,22 +29,25 @@ def load_checkpoint(path) -> dict:
 
 def model_from_checkpoint(ckpt: dict, *, num_classes: int | None = None, source: str = "checkpoint"):
     """Rebuild the ViT or LLB a checkpoint holds; a wrong class count says what differs."""
+    if not isinstance(ckpt, dict) or "vit_config" not in ckpt:
+        raise ValueError(f"{source} is not a train.py checkpoint (no 'vit_config'); for torchvision "
+                         f"weights use --pretrained ARCH:WEIGHTS --weights-file {source}")
     cfg = ckpt["vit_config"]
     if num_classes is not None and cfg["num_classes"] != num_classes:
         raise ValueError(f"{source} holds a {cfg['num_classes']}-class model (trained on "
                          f"{ckpt['dataset']}) but the dataset has {num_classes} classes")
     model = vit.ViT(vit.ViTConfig(**cfg))
     if ckpt["kind"] == "llb":
-        model = llb.LLB(model, **{k: v for k, v in ckpt["llb_config"].items()})
+        model = llb.LLB(model, **ckpt["llb_config"])
     model.load_state_dict(ckpt["model"])
     return model
 
 
 def configs_of(model) -> dict:
-    m = unwrap(model)
-    if isinstance(m, llb.LLB):
-        return {"vit_config": asdict(m.backbone.config), "llb_config": asdict(m.config)}
-    return {"vit_config": asdict(m.config), "llb_config": None}
+    """The configs that define a model (not wrapped in DDP or torch.compile)."""
+    if isinstance(model, llb.LLB):
+        return {"vit_config": asdict(model.backbone.config), "llb_config": asdict(model.config)}
+    return {"vit_config": asdict(model.config), "llb_config": None}
 
 
 def check_same_model(ckpt: dict, model, path) -> None:
@@ -52,10 +55,6 @@ def check_same_model(ckpt: dict, model, path) -> None:
     for key, mine in configs_of(model).items():
         theirs = ckpt.get(key)
         if theirs != mine:
-            diff = {k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v} if theirs and mine else (theirs, mine)
+            diff = ({k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v}
+                    if theirs and mine else (theirs, mine))
             raise ValueError(f"{path} is from another model: {key} differs (checkpoint, this run): {diff}")
-
-
-def unwrap(model):
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP

@@ -1,11 +1,11 @@
 """The synthetic "latent objects" set: the built-in default dataset, generated in memory.
 
-A 32x32 image is a 4x4 grid of 8x8 cells, so with patch size 8 each ViT patch is one cell. Three cells hold one object each; the other 13
-are dark background (grey level per image) with mild pixel noise. There are 12 object types: 6
-shapes (square, ring, plus, cross, stripes, diamond), each in two look-alike variants ("twins").
-The first three pairs differ only by a slight tint (+0.12 in one colour channel), the last three
-only by a one-pixel white dot in the cell corner. Brightness is jittered by up to 10%, never
-enough to cross a tint gap.
+A 32x32 image is a 4x4 grid of 8x8 cells, so with patch size 8 each ViT patch is one cell. Three
+cells hold one object each; the other 13 are dark background (grey level per image) with mild
+pixel noise. There are 12 object types: 6 shapes (square, ring, plus, cross, stripes, diamond),
+each in two look-alike variants ("twins"). The first three pairs differ only by a slight tint
+(+0.12 in one colour channel), the last three only by a one-pixel white dot in the cell corner.
+Brightness is jittered by up to 10%, never enough to cross a tint gap.
 
 Rule (deterministic, no label noise): the 12 types have a fixed importance ranking (RANKING) and
 the label is the rank of the most important object in the image; ranks 0..9 are classes 0..9

@@ -27,8 +27,7 @@ from tqdm import tqdm
 import data
 import llb
 import vit
-from checkpoint import (check_same_model, configs_of, load_checkpoint, model_from_checkpoint,
-                        save_checkpoint, unwrap)
+from checkpoint import check_same_model, configs_of, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 # Per-stage defaults, for options left unset. llb is the authors' recipe (their paper and code); a ViT from
 # scratch uses the DeiT-style AdamW setting; fine-tuning released weights takes a 10x smaller lr.
@@ -124,7 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
     demo = args.dataset == "synthetic" and not args.benchmark  # the benchmark times the paper's sizes
     args.epochs = args.epochs or (DEMO["epochs"] if demo else 70)
-    args.llb_epochs = args.llb_epochs or (DEMO["llb_epochs"] if demo and args.epochs == DEMO["epochs"] else args.epochs)
+    demo_length = demo and args.epochs == DEMO["epochs"]
+    args.llb_epochs = args.llb_epochs or (DEMO["llb_epochs"] if demo_length else args.epochs)
     args.llb_lr = args.llb_lr or args.lr or (DEMO["llb_lr"] if demo else None)
     args.num_objects = args.num_objects or (DEMO["num_objects"] if demo else 2048)
     args.out_dir = args.out_dir or f"runs/{args.dataset}_{args.method.replace('+', '_')}"
@@ -244,19 +244,18 @@ def heads_of(out) -> dict:
 def evaluate(model, loader, device, autocast) -> dict:
     """Top-1 / top-5 (%) of each head over the whole split, summed across ranks."""
     model.eval()
-    correct, total = {}, 0
+    correct, total = {}, 0  # head -> (top-1, top-5) counts, kept on the device: no sync per batch
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
             scores = heads_of(model(x))
         for head, s in scores.items():
             top5 = s.topk(min(5, s.shape[1]), dim=1).indices == y[:, None]  # (B, 5)
-            c = correct.setdefault(head, [0, 0])
-            c[0] += top5[:, 0].sum().item()
-            c[1] += top5.any(dim=1).sum().item()
+            hits = torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
+            correct[head] = correct[head] + hits if head in correct else hits
         total += len(y)
     heads = list(correct)
-    sums = all_sum([v for h in heads for v in correct[h]] + [total], device)
+    sums = all_sum([v for h in heads for v in correct[h].tolist()] + [total], device)
     results = {}
     for i, head in enumerate(heads):
         results[f"top1_{head}"] = 100 * sums[2 * i] / sums[-1]
@@ -275,7 +274,7 @@ def train_epoch(stage, model, raw, loader, optimizer, scaler, autocast, args, *,
             f.write(json.dumps({"epoch": epoch, "ids": list(loader.sampler)[:steps * args.batch_size]}) + "\n")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(loader, desc=f"[{stage}] epoch {epoch + 1}/{epochs}", disable=not master(), leave=False)
-    seen, loss_sum, hits, t0 = 0, 0.0, 0, time.time()
+    seen, loss_sum, hits, t0 = 0, 0.0, torch.zeros((), device=device, dtype=torch.long), time.time()
     for i, (x, y) in enumerate(bar):
         step = epoch * steps + i
         for group in optimizer.param_groups:
@@ -302,10 +301,11 @@ def train_epoch(stage, model, raw, loader, optimizer, scaler, autocast, args, *,
         scaler.update()
         seen += len(y)
         loss_sum += parts["total"] * len(y)
-        hits += (logits.argmax(1) == y).sum().item()
-        bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{100 * hits / seen:.1f}",
-                        img_s=f"{seen * world / (time.time() - t0):.0f}")
-    return loss_sum, hits, seen, time.time() - t0
+        hits += (logits.argmax(1) == y).sum()  # on the device: read only when the bar refreshes
+        if master() and (i % 10 == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{100 * hits.item() / seen:.1f}",
+                            img_s=f"{seen * world / (time.time() - t0):.0f}")
+    return loss_sum, hits.item(), seen, time.time() - t0
 
 
 def master() -> bool:
@@ -356,7 +356,8 @@ def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
         print(f"[{stage}] --resume: no {last_path} yet, starting from epoch 1")
     raw = model
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if args.compile:
         model = torch.compile(model)
     autocast = autocast_for(args, device)
@@ -389,7 +390,8 @@ def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
                 f.write(json.dumps(record) + "\n")
             heads = "  ".join(f"{h} {results['top1_' + h]:.1f}" for h in HEADS if "top1_" + h in results)
             tqdm.write(f"[{stage}] epoch {epoch + 1}/{epochs}  loss {record['train_loss']:.3f}  train "
-                       f"{record['train_top1']:.1f}%  val top-1: {heads}  |  {record['img_s']:.0f} img/s  {seconds:.1f} s")
+                       f"{record['train_top1']:.1f}%  val top-1: {heads}  |  "
+                       f"{record['img_s']:.0f} img/s  {seconds:.1f} s")
         best = max(best, top1)
     if not results:  # resumed a finished run: evaluate what it holds
         results = evaluate(model, val_loader, device, autocast)
@@ -439,7 +441,8 @@ def main(argv=None) -> dict | None:
             return results
         if args.method == "vit+llb":
             run_stage("vit", args, rank, world, device, out_dir / "vit")
-            results = run_stage("llb", args, rank, world, device, out_dir, backbone_ckpt=str(out_dir / "vit" / "last.pt"))
+            vit_ckpt = str(out_dir / "vit" / "last.pt")  # the ViT as trained, not selected on val
+            results = run_stage("llb", args, rank, world, device, out_dir, backbone_ckpt=vit_ckpt)
         else:
             results = run_stage(args.method, args, rank, world, device, out_dir, backbone_ckpt=args.backbone)
         if master():
