@@ -168,6 +168,8 @@ def test_wrong_file_for_weights(tmp_path):
     torch.save(torchvision.models.vit_b_32(num_classes=10).state_dict(), path)
     with pytest.raises(ValueError, match=r"10-class ViT but vit_b_32:IMAGENET1K_V1 is 224 px, 1000 classes"):
         vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path))
+    with pytest.raises(ValueError, match=r"wrong file"):  # also when the caller asks for a new head
+        vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path), num_classes=10)
 
 
 def test_shape_mismatch():

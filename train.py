@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--pretrained", help="torchvision weights, e.g. vit_b_16:IMAGENET1K_SWAG_E2E_V1")
     g("--weights-file", help="local copy of the --pretrained .pth (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
+    g("--dropout", type=float, default=0.0, help="ViT dropout when training one from scratch or weights")
     g = p.add_argument_group("LLB (defaults: the authors' recipe)").add_argument
     g("--layer", type=int, help="backbone block l whose output feeds LLB (default: depth - 1)")
     g("--num-objects", type=int, help="O latent objects (default 2048; 64 in the synthetic demo)")
@@ -200,11 +201,11 @@ def build_backbone(args, info, backbone_ckpt: str | None):
         return model.backbone if isinstance(model, llb.LLB) else model
     if args.pretrained:
         return vit.load_pretrained(args.pretrained, weights_file=args.weights_file,
-                                   num_classes=info.num_classes)
+                                   num_classes=info.num_classes, dropout=args.dropout)
     name = args.model or ("micro" if args.dataset == "synthetic" else "tiny" if info.image_size <= 64 else "base")
     patch = args.patch_size or (8 if args.dataset == "synthetic" else 4 if info.image_size <= 64 else None)
     return vit.create_vit(name, image_size=info.image_size, num_classes=info.num_classes,
-                          **({"patch_size": patch} if patch else {}))
+                          dropout=args.dropout, **({"patch_size": patch} if patch else {}))
 
 
 def build_llb(args, backbone):

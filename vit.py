@@ -345,10 +345,12 @@ def load_pretrained(name: str, *, weights_file: str | None = None, **overrides) 
             raise FileNotFoundError(f"weights file {weights_file!r} not found; expected the .pth "
                                     f"of {name}, downloadable from {weights.url}")
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    model = from_torchvision(state, heads=PRESETS[arch]["heads"], **overrides)
+    model = from_torchvision(state, heads=PRESETS[arch]["heads"], **overrides)  # checks the keys
+    # The file's own size and classes (before any override) must be those of the named weights.
+    grid = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1)
+    found = (grid * PRESETS[arch]["patch_size"], state["heads.head.weight"].shape[0])
     expected = (weights.meta["min_size"][0], len(weights.meta["categories"]))
-    found = (model.config.image_size, model.config.num_classes)
-    if "image_size" not in overrides and "num_classes" not in overrides and found != expected:
+    if found != expected:
         raise ValueError(f"{weights_file or name} holds a {found[0]} px, {found[1]}-class ViT but "
                          f"{name} is {expected[0]} px, {expected[1]} classes: wrong file for {name}?")
     return model
