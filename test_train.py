@@ -53,9 +53,35 @@ def test_llb_method_on_a_vit_checkpoint_and_eval_only(tmp_path):
     again = train.main(TINY + ["--eval-only", str(tmp_path / "llb" / "last.pt"), "--batch-size", "7"])
     assert again == pytest.approx({k: v for k, v in results.items()})
     assert all(round(v * 120 / 100, 6).is_integer() for v in again.values())  # x / 120 images
+    # --method vit --backbone: continue training a ViT checkpoint (fine-tune defaults)
+    run(tmp_path, "--method", "vit", "--backbone", ckpt, "--epochs", "1", out="vit2")
+    before, after = params(ckpt), params(tmp_path / "vit2" / "last.pt")
+    assert 0 < (after["blocks.0.mlp.fc1.weight"] - before["blocks.0.mlp.fc1.weight"]).abs().max() < 2e-3
     vit_only = train.main(TINY + ["--eval-only", ckpt])
     assert set(vit_only) == {"top1_visual", "top5_visual"}
     assert vit_only["top1_visual"] == pytest.approx(results["top1_visual"])
+
+
+def test_fine_tune_from_torchvision_weights_file(tmp_path, capsys):
+    """--pretrained NAME --weights-file FILE: the weights' own 224 px transform, a new 10-class head."""
+    import torchvision
+
+    path = tmp_path / "vit_b_32.pth"
+    released = torchvision.models.vit_b_32()  # random init, same keys and shapes as the release
+    torch.save(released.state_dict(), path)
+    tiny = ["--dataset", "synthetic", "--max-per-class", "1", "--batch-size", "10", "--device", "cpu",
+            "--pretrained", "vit_b_32:IMAGENET1K_V1", "--weights-file", str(path), "--epochs", "1"]
+    train.main(tiny + ["--method", "vit", "--out-dir", str(tmp_path / "ft")])
+    assert "10 classes, 224 px" in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    assert ckpt["vit_config"]["num_classes"] == 10 and ckpt["vit_config"]["patch_size"] == 32
+    assert ckpt["model"]["head.weight"].shape == (10, 768)
+    # started from the file: one small step away from it, not from a fresh init
+    start = released.state_dict()["encoder.layers.encoder_layer_0.mlp.0.weight"]
+    assert (ckpt["model"]["blocks.0.mlp.fc1.weight"] - start).abs().max() < 1e-3
+    # LLB keeps the released head, so the label set must match it
+    with pytest.raises(ValueError, match=r"vit_b_32:IMAGENET1K_V1 has 1000 classes but synthetic has 10"):
+        train.main(tiny + ["--method", "llb", "--out-dir", str(tmp_path / "llb")])
 
 
 class Interrupt(Exception):
