@@ -318,11 +318,12 @@ def autocast_for(args, device):
     return torch.autocast(device.type, dtype=dtype, enabled=args.amp != "off")
 
 
-def run_stage(stage: str, args, rank: int, world: int, device, out_dir: Path,
+def run_stage(stage: str, args, loaders: tuple, rank: int, world: int, device, out_dir: Path,
               backbone_ckpt: str | None = None) -> dict:
-    """Train one stage ("vit" or "llb") to the end, resuming if asked; returns its results."""
+    """Train one stage ("vit" or "llb") to the end, resuming if asked; returns its results.
+    `loaders` = build_data(...), built once and shared by both stages of vit+llb."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_loader, val_loader, info = build_data(args, rank, world)
+    train_loader, val_loader, info = loaders
     torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts it)
     model = build_backbone(args, info, backbone_ckpt)
     if stage == "llb":
@@ -432,20 +433,22 @@ def main(argv=None) -> dict | None:
         if args.analyze:
             import analyze
             return analyze.run(args, device)
+        loaders = build_data(args, rank, world)
         if args.eval_only:
             ckpt = load_checkpoint(args.eval_only)
-            _, val_loader, info = build_data(args, rank, world)
+            _, val_loader, info = loaders
             model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only).to(device)
             results = evaluate(model, val_loader, device, autocast_for(args, device))
             if master():
                 print_table(results, f"{args.eval_only} on {info.name} validation ({len(val_loader.dataset)} images)")
             return results
         if args.method == "vit+llb":
-            run_stage("vit", args, rank, world, device, out_dir / "vit")
+            run_stage("vit", args, loaders, rank, world, device, out_dir / "vit")
             vit_ckpt = str(out_dir / "vit" / "last.pt")  # the ViT as trained, not selected on val
-            results = run_stage("llb", args, rank, world, device, out_dir, backbone_ckpt=vit_ckpt)
+            results = run_stage("llb", args, loaders, rank, world, device, out_dir, backbone_ckpt=vit_ckpt)
         else:
-            results = run_stage(args.method, args, rank, world, device, out_dir, backbone_ckpt=args.backbone)
+            results = run_stage(args.method, args, loaders, rank, world, device, out_dir,
+                                backbone_ckpt=args.backbone)
         if master():
             print_table(results, f"{args.dataset} validation, {args.method}, results in {out_dir}/results.json")
         return results
