@@ -1,9 +1,12 @@
-"""`python train.py --benchmark`: training and evaluation throughput of this project's ViT,
-torchvision's VisionTransformer of the same configuration, and LLB on our (frozen) ViT.
+"""Training and evaluation throughput and memory of this project's ViT, torchvision's
+VisionTransformer of the same configuration, and LLB on our (frozen) ViT.
+
+    python benchmark.py                           # ViT-B/16 at 224 px; batch 8 on CPU, 128 on CUDA
+    python benchmark.py --device cuda --compile   # the same, compiled
 
 What is measured, per model, in one process, on the same random batch (fixed seed; nothing is
 learned), with the same optimizer (AdamW, fused on CUDA, lr 1e-4, weight decay 0.05 on matrices
-via train.build_optimizer) and the same autocast setting (--amp):
+via recipe.build_optimizer) and the same autocast setting (--amp):
   * train step = forward under autocast + loss + backward + optimizer step (no grad clipping).
       vit, torchvision_vit: cross-entropy, every parameter trains (a full fine-tune);
       llb: llb.LLB.loss (CE(p_N, y) + lambda L_div), backbone frozen, only the branch trains.
@@ -28,11 +31,14 @@ via train.build_optimizer) and the same autocast setting (--amp):
 LLB uses the authors' defaults (O = 2048 latent objects, depth 6, branch at block L - 1) unless
 set on the command line.
 """
+import argparse
 import ctypes
+import dataclasses
 import gc
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,8 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
+import cli
 import llb
-import train
+import recipe
 import vit
 
 MODELS = ("vit", "torchvision_vit", "llb")
@@ -74,8 +81,8 @@ def build_model(name: str, args) -> nn.Module:
                                  num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
                                  num_classes=c.num_classes)
     model = vit.ViT(c)
-    if name == "llb":  # train.py's LLB defaults are the authors' recipe
-        model = train.build_llb(args, model)
+    if name == "llb":  # llb.LLBConfig's defaults are the authors' recipe
+        model = llb.LLB(model, num_objects=args.num_objects, depth=args.llb_depth, layer=args.layer)
     elif name != "vit":
         raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")
     return model
@@ -167,9 +174,10 @@ def prepare(name: str, args, device, x, y) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(name, args).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = train.build_optimizer(params, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY, device=device)
+    opt = recipe.build_optimizer(params, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY,
+                                 decay_all=False, device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    autocast = train.autocast_for(args, device)
+    autocast = recipe.autocast(args.amp, device)
     net = torch.compile(model) if args.compile else model
     if isinstance(model, llb.LLB):
         loss_fn = lambda out: model.loss(out, y)[0]  # noqa: E731  (its parts dict costs one sync)
@@ -199,7 +207,7 @@ def measure(args, device, x, y, warmup: int, steps: int) -> dict:
     # Prime the runtime (autograd engine, thread pools, oneDNN/BLAS buffers) with one step of a
     # 1-block ViT, so that its one-time allocations do not count against the first model.
     prime = vit.ViT(vit_config(args), depth=1).to(device)
-    with train.autocast_for(args, device):
+    with recipe.autocast(args.amp, device):
         out = prime(x)
     F.cross_entropy(out.float(), y).backward()
     del prime, out
@@ -266,7 +274,7 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
         "device": name, "results": results,
         "llb_train_step_vs_vit": llb_vs_vit, "mfu_note": mfu_note,
         "config": dict(vars(c), llb_num_objects=args.num_objects, llb_depth=args.llb_depth,
-                       llb_layer=args.layer or max(c.depth - 1, 1)),
+                       llb_layer=max(c.depth - 1, 1) if args.layer is None else args.layer),
         "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
         "warmup_steps": warmup, "timed_steps": steps, "statistic": "median step time",
         "order": "interleaved per step: " + ", ".join(MODELS),
@@ -291,3 +299,53 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
     print(f"ViT train MFU: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({mfu_note})")
     print(f"written to {out / 'benchmark.json'}")
     return report
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--model", choices=list(vit.PRESETS), help="ViT preset (default base)")
+    add("--pretrained", help="released weights' name: their architecture (weights not loaded)")
+    add("--image-size", type=int, help="default 224")
+    add("--patch-size", type=int, help="default: the preset's")
+    add("--batch-size", type=int, help="default: 8 on cpu, 128 on cuda")
+    add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    add("--amp", choices=("bf16", "fp16", "off"), help="default: bf16 on cuda, off on cpu")
+    add("--compile", action="store_true", help="torch.compile every model")
+    add("--num-objects", type=int, default=llb_default("num_objects"), help="LLB's O")
+    add("--llb-depth", type=int, default=llb_default("depth"), help="LLB layers")
+    add("--layer", type=int, help="LLB's branch point l (default: depth - 1)")
+    add("--steps", type=int, help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
+    add("--seed", type=int, default=0)
+    add("--out-dir", default="runs/benchmark", help="where benchmark.json goes")
+    add("--debug", action="store_true", help="show tracebacks of errors")
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but this machine has no CUDA GPU")
+    args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
+    if args.batch_size is None:
+        args.batch_size = 128 if args.device == "cuda" else 8
+    for name in ("batch_size", "num_objects", "llb_depth", "image_size", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.pretrained and (args.model or args.patch_size):
+        p.error("--model/--patch-size come from --pretrained's architecture; drop them")
+    return args
+
+
+def llb_default(name: str):
+    return next(f.default for f in dataclasses.fields(llb.LLBConfig) if f.name == name)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    return run(args, args.device, steps=args.steps)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,4 +1,4 @@
-"""Tests for benchmark.py: the report's structure through the CLI (train.py --benchmark) on a
+"""Tests for benchmark.py: the report's structure through its command line on a
 tiny model, and that our ViT and torchvision's are built with the same parameter count.
 No timing is asserted (the machine may be shared)."""
 import json
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import benchmark
-import train
 
 TINY = ["--model", "micro", "--image-size", "32", "--patch-size", "8", "--batch-size", "4",
         "--device", "cpu", "--num-objects", "16"]
@@ -24,7 +23,7 @@ def one_thread():
 
 
 def test_cli_writes_benchmark_json(tmp_path, one_thread):
-    returned = train.main(["--benchmark", *TINY, "--out-dir", str(tmp_path)])
+    returned = benchmark.main([*TINY, "--out-dir", str(tmp_path)])
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert returned == report
     assert report["device"] == "cpu (1 thread)"
@@ -41,7 +40,7 @@ def test_cli_writes_benchmark_json(tmp_path, one_thread):
 
 
 def test_same_architecture_and_llb_defaults():
-    args = train.parse_args(["--benchmark", *TINY[:-2]])  # no --num-objects: the authors' 2048
+    args = benchmark.parse_args(TINY[:-2])  # no --num-objects: the authors' 2048
     ours, theirs = benchmark.build_model("vit", args), benchmark.build_model("torchvision_vit", args)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(theirs)
@@ -52,6 +51,6 @@ def test_same_architecture_and_llb_defaults():
 
 
 def test_train_flops_formula():
-    c = benchmark.vit_config(train.parse_args(["--benchmark", "--model", "base", "--device", "cpu"]))
+    c = benchmark.vit_config(benchmark.parse_args(["--model", "base", "--device", "cpu"]))
     per_image_forward = benchmark.vit_train_flops(c, 1) / 3
     assert abs(per_image_forward / 1e9 - 35.1) < 0.3  # ViT-B/16 at 224: ~17.6 GMACs (timm/fvcore)

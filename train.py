@@ -1,461 +1,373 @@
-"""Train a ViT, LLB on a frozen ViT, or both; evaluate, resume, run on N GPUs.
+"""Train a ViT, LLB on a frozen ViT, or both; on one process or many (DDP); resume; evaluate.
 
     python train.py                                   # CPU demo: synthetic set, ViT then LLB
     python train.py --dataset cifar100 --data-dir data --download
-    python train.py --method llb --dataset imagenet --data-dir /data/imagenet
+    python train.py --method llb --dataset imagenet --data-dir /data/imagenet \\
         --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 8 --batch-size 64
     torchrun --nnodes 2 --nproc-per-node 8 train.py --method llb ...   # multi-node: same flags
+    python train.py --eval-only runs/x/last.pt        # on the data the checkpoint was trained on
 
 `--method vit+llb` (default) is `--method vit` into <out-dir>/vit, then `--method llb` on that
-frozen ViT into <out-dir>. Each stage writes last.pt / best.pt (best: top-1 on the validation
-split), metrics.jsonl and results.json (the LAST epoch's numbers: no selection on validation).
+frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (recipe.py),
+printed at start and saved in every checkpoint. It writes last.pt (after every epoch, before
+evaluating it), best.pt (best validation top-1), metrics.jsonl (the recipe, then one line per
+epoch) and results.json (the LAST epoch's numbers: nothing is selected on the validation split).
+Speed and memory: benchmark.py. What LLB learned: analyze.py.
 """
 import argparse
 import json
-import math
 import os
 import random
-import socket
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
+import cli
 import data
+import distributed
+import evaluate
 import llb
+import recipe as recipes
 import vit
-from checkpoint import check_same_model, configs_of, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
+                        prepare_out_dir, restore, save_checkpoint, saved_recipe)
+from distributed import is_master
 
-# Per-stage defaults, for options left unset. llb is the authors' recipe (their paper and code); a ViT from
-# scratch uses the DeiT-style AdamW setting; fine-tuning released weights takes a 10x smaller lr.
-STAGE_DEFAULTS = {
-    "vit": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_epochs=1.0),
-    "finetune": dict(optimizer="adamw", lr=1e-4, weight_decay=0.05, warmup_epochs=1.0),
-    "llb": dict(optimizer="adam", lr=1e-4, weight_decay=1e-4, warmup_epochs=0.0),
-}
-# The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
-# larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
-DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)
-HEADS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)", "integrated": "p_O (integrated)"}
+LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
+
+
+# ----------------------------------------------------------------------------- options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--method", choices=("vit+llb", "vit", "llb"), default="vit+llb", help="what to train (default vit+llb)")
+    """The command line. Options left unset stay None: recipe.resolve fills them per stage."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=("vit+llb", "vit", "llb"), default="vit+llb",
+                   help="what to train (default vit+llb)")
     g = p.add_argument_group("data").add_argument
-    g("--dataset", choices=data.DATASETS, default="synthetic", help="default: synthetic (no download)")
+    g("--dataset", choices=data.DATASETS, help="default: synthetic (built in, no download)")
     g("--data-dir", help="root of the dataset's files")
-    g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018 into --data-dir")
-    g("--image-size", type=int, help="default: the dataset's (32 for synthetic/CIFAR, 224) or the weights'")
-    g("--classes", help="imagenet/folder subset: first K classes, or a file with one class name per line")
-    g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: at most M images per class")
-    g("--randaugment", action="store_true", help="RandAugment(3, 9) on CIFAR (always on for 224 sets)")
-    g("--workers", type=int, help="loader processes per rank (default: 0 in-memory, else up to 8)")
+    g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018")
+    g("--image-size", type=int, help="default: the dataset's (32 or 224) or the weights'")
+    g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
+    g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
+    g("--augment", choices=("paper", "basic", "none"), help="training augmentation (default: "
+      "none on synthetic, basic on CIFAR and from scratch, paper on released weights)")
+    g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help="ViT preset (default: fits the image size)")
-    g("--patch-size", type=int, help="default: 8 at 32 px for synthetic, 4 for CIFAR, else the preset's")
+    g("--patch-size", type=int, help="default: 8 on synthetic, 4 up to 64 px, else the preset's")
     g("--pretrained", help="torchvision weights, e.g. vit_b_16:IMAGENET1K_SWAG_E2E_V1")
-    g("--weights-file", help="local copy of the --pretrained .pth (no download)")
+    g("--weights-file", help="a local copy of the --pretrained weights (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
-    g("--dropout", type=float, default=0.0, help="ViT dropout when training one from scratch or weights")
-    g = p.add_argument_group("LLB (defaults: the authors' recipe)").add_argument
-    g("--layer", type=int, help="backbone block l whose output feeds LLB (default: depth - 1)")
-    g("--num-objects", type=int, help="O latent objects (default 2048; 64 in the synthetic demo)")
-    g("--llb-depth", type=int, default=6, help="LLB layers, extractor block included")
-    g("--tau", type=float, default=0.1, help="assignment softmax temperature")
-    g("--alpha", type=float, default=0.8, help="weight of p_V in p_O")
-    g("--diversity-weight", type=float, default=0.5, help="lambda, weight of L_div")
-    g("--diversity-mode", choices=("batch", "image"), default="batch", help="average of p~")
-    g("--no-disconnect", action="store_true", help="ablation: N_0 = visual tokens")
-    g("--no-diversity", action="store_true", help="ablation: no L_div")
-    g("--pos-embed", action="store_true", help="ablation: position embedding on the LLB tokens")
-    g("--no-integrate", action="store_true", help="ablation: p_O = p_N")
-    g("--unfreeze", action="store_true", help="train the backbone too (paper: frozen)")
-    g = p.add_argument_group("optimization").add_argument
+    g("--dropout", type=float, help="ViT dropout (default 0)")
+    g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
+    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
+    g("--num-objects", type=int, help="O latent objects (default 2048; 64 on synthetic)")
+    g("--llb-depth", type=int, help=f"LLB layers, extractor included "
+      f"(default {recipes.llb_default('depth')})")
+    g("--tau", type=float, help=f"assignment temperature (default {recipes.llb_default('tau')})")
+    g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipes.llb_default('alpha')})")
+    g("--diversity-weight", type=float,
+      help=f"lambda, weight of L_div (default {recipes.llb_default('diversity_weight')})")
+    g("--diversity-mode", choices=("batch", "image"), help="average of p~ (default batch)")
+    flag = dict(action="store_true", default=None)
+    g("--no-disconnect", **flag, help="ablation: N_0 = visual tokens")
+    g("--no-diversity", **flag, help="ablation: no L_div")
+    g("--pos-embed", **flag, help="ablation: position embedding on the LLB tokens")
+    g("--no-integrate", **flag, help="ablation: p_O = p_N")
+    g("--unfreeze", **flag, help="train the backbone too (paper: frozen)")
+    g = p.add_argument_group("optimization (defaults: recipe.STAGE_DEFAULTS)").add_argument
     g("--epochs", type=int, help="default: 70 (paper), 12 on synthetic")
-    g("--llb-epochs", type=int, help="LLB stage of vit+llb (default: --epochs; 4 on synthetic)")
-    g("--batch-size", type=int, help="per process (default 128, the paper's per GPU; --benchmark: 8 on cpu)")
-    g("--lr", type=float, help="peak learning rate (default per stage: see STAGE_DEFAULTS)")
-    g("--llb-lr", type=float, help="LLB stage of vit+llb (default: --lr, else the stage's)")
-    g("--optimizer", choices=("adamw", "adam"), help="default: adamw for ViT, adam for LLB (paper)")
+    g("--llb-epochs", type=int, help="the LLB stage of vit+llb (default: --epochs; 4 on synthetic)")
+    g("--batch-size", type=int, help="per process (default 128, the paper's per GPU)")
+    g("--lr", type=float, help="peak learning rate")
+    g("--llb-lr", type=float, help="the LLB stage of vit+llb (default: --lr, else its own)")
+    g("--min-lr", type=float, help="floor of the cosine decay")
+    g("--optimizer", choices=("adamw", "adam"), help="adamw: decoupled decay; adam: coupled L2")
     g("--weight-decay", type=float)
+    g("--decay-all", action=argparse.BooleanOptionalAction,
+      help="decay every parameter (else matrices only)")
     g("--warmup-epochs", type=float, help="linear warmup before the cosine decay")
-    g("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
-    g("--label-smoothing", type=float, default=0.0)
+    g("--clip-grad", type=float, help="max gradient norm (0: off)")
+    g("--label-smoothing", type=float, help="default 0")
+    g("--eval-amp", action=argparse.BooleanOptionalAction, help="evaluate under autocast too")
     g = p.add_argument_group("runtime").add_argument
     g("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    g("--gpus", type=int, default=1, help="DDP processes to start (with --device cpu: gloo)")
-    g("--amp", choices=("bf16", "fp16", "off"), help="autocast (default: bf16 on cuda, off on cpu)")
+    g("--gpus", type=int, default=1, help="processes to start on this machine (DDP)")
+    g("--amp", choices=("bf16", "fp16", "off"), help="autocast: default bf16 on cuda, else off")
     g("--compile", action="store_true", help="torch.compile the model")
-    g("--seed", type=int, default=0)
+    g("--seed", type=int, help="default 0")
     g("--out-dir", help="default: runs/<dataset>_<method>")
     g("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    g("--overwrite", action="store_true", help="replace the run files already in --out-dir")
     g("--eval-only", metavar="CKPT", help="evaluate a checkpoint and exit")
-    g("--benchmark", action="store_true", help="time training/eval steps against torchvision's ViT")
-    g("--analyze", metavar="CKPT", help="latent-object maps and centroid analysis of an LLB checkpoint")
-    g("--log-sample-ids", action="store_true", help="write the indices each rank trained on")
+    g("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-
-    if args.pretrained and args.backbone:
-        p.error("--pretrained and --backbone both give the backbone: pick one")
-    if args.weights_file and not args.pretrained:
-        p.error("--weights-file needs --pretrained NAME (which says what the file holds)")
-    if args.method == "llb" and not (args.pretrained or args.backbone or args.benchmark):
-        p.error("--method llb needs a backbone: --pretrained NAME or --backbone CKPT "
-                "(or use --method vit+llb to train one first)")
-    if args.method == "vit+llb" and args.backbone:
-        p.error("--backbone with --method vit+llb: use --method llb to put LLB on an existing ViT")
-    if (args.llb_epochs or args.llb_lr) and args.method != "vit+llb":
-        p.error("--llb-epochs/--llb-lr set the LLB stage of --method vit+llb; use --epochs/--lr")
-    if args.pretrained and (args.model or args.patch_size):
-        p.error("--model/--patch-size come from --pretrained weights; drop them")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.batch_size = args.batch_size or (8 if args.benchmark and args.device == "cpu" else 128)
-    if args.gpus < 1 or args.batch_size < 1:
-        p.error("--gpus and --batch-size must be >= 1")
-    if sum(map(bool, (args.eval_only, args.benchmark, args.analyze))) > 1:
-        p.error("--eval-only, --benchmark and --analyze are separate modes: pick one")
-    if args.device == "cuda" and args.gpus > torch.cuda.device_count():
-        p.error(f"--gpus {args.gpus} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
-    demo = args.dataset == "synthetic" and not args.benchmark  # the benchmark times the paper's sizes
-    args.epochs = args.epochs or (DEMO["epochs"] if demo else 70)
-    demo_length = demo and args.epochs == DEMO["epochs"]
-    args.llb_epochs = args.llb_epochs or (DEMO["llb_epochs"] if demo_length else args.epochs)
-    args.llb_lr = args.llb_lr or args.lr or (DEMO["llb_lr"] if demo else None)
-    args.num_objects = args.num_objects or (DEMO["num_objects"] if demo else 2048)
-    args.out_dir = args.out_dir or f"runs/{args.dataset}_{args.method.replace('+', '_')}"
+    problem = recipes.check_options(args)
+    if problem:
+        p.error(problem)
     return args
 
 
-# ----------------------------------------------------------------------------- distributed
+# ----------------------------------------------------------------------------- planning
 
 
-def launch(argv: list, args) -> None:
-    """--gpus N: start N processes of this script on this machine, as torchrun would."""
-    with socket.socket() as s:  # a free port for the process group's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_worker, args=(argv, args.gpus, port), nprocs=args.gpus,
-                                          start_method="spawn")
+def plan(args) -> list[tuple[recipes.Recipe, Path]]:
+    """Each stage's recipe and folder, resolved and checked before anything is built."""
+    out = Path(args.out_dir)
+    stages = [("vit", out / "vit"), ("llb", out)] if args.method == "vit+llb" else [(args.method, out)]
+    source, source_vit = saved_recipe(args.backbone) if args.backbone else (None, None)
+    if source is None and source_vit is not None:  # an older checkpoint: its size at least
+        source = {"image_size": source_vit["image_size"]}
+    planned = []
+    for i, (stage, folder) in enumerate(stages):
+        last = folder / "last.pt"
+        base = saved_recipe(last)[0] if args.resume and last.exists() else None
+        backbone = args.backbone if i == 0 else str(stages[0][1] / "last.pt")
+        r = recipes.resolve(args, stage, backbone=backbone, base=base, source=source,
+                            first_stage=i == 0)
+        if base is not None:
+            recipes.check_resume(r, base, last)
+        if r.llb is not None:  # --layer against the backbone, for both stages of vit+llb
+            depth = recipes.backbone_depth(planned[0][0] if planned else r, source_vit)
+            r.llb = asdict(llb.LLBConfig(**r.llb).for_backbone(depth))
+        planned.append((r, folder))
+        source = asdict(r)
+    return planned
 
 
-def _worker(rank: int, argv: list, world: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # CPU ranks share the cores
-    main(argv)
-
-
-def setup(args) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group under torchrun or --gpus N."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(args.device)
-    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    device = torch.device(f"cuda:{local}" if args.device == "cuda" else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def all_sum(values: list, device) -> list:
-    if dist.is_initialized():
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        values = t.tolist()
-    return values
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def build_data(args, rank=0, world=1):
-    spec = vit.pretrained_eval_spec(args.pretrained) if args.pretrained else None
-    classes = int(args.classes) if args.classes and args.classes.isdigit() else args.classes
-    expected = len(vit.torchvision_weights(args.pretrained)[1].meta["categories"]) \
-        if args.pretrained and args.method == "llb" else None
-    if args.download and rank > 0:
-        dist.barrier()  # wait for rank 0's download, then read it
-    train_set, val_set, info = data.build_datasets(
-        args.dataset, args.data_dir, image_size=None if spec else args.image_size, eval_spec=spec,
-        randaugment=args.randaugment, classes=classes, max_per_class=args.max_per_class,
-        download=args.download and rank == 0, seed=args.seed, expected_num_classes=expected,
-        weights_name=args.pretrained)
-    if args.download and rank == 0 and world > 1:
-        dist.barrier()
-    loader = dict(workers=args.workers, rank=rank, world_size=world, seed=args.seed,
-                  pin_memory=args.device == "cuda")
-    return (data.build_loader(train_set, batch_size=args.batch_size, train=True, **loader),
-            data.build_loader(val_set, batch_size=args.batch_size, train=False, **loader), info)
+def build_model(r: recipes.Recipe, num_classes: int) -> torch.nn.Module:
+    """The stage's model, seeded: a ViT (preset, released weights or checkpoint), or LLB on one."""
+    torch.manual_seed(r.seed)  # the same init on every rank (DDP also broadcasts it)
+    if r.backbone:  # --backbone, or the ViT stage of vit+llb
+        model = model_from_checkpoint(load_checkpoint(r.backbone), num_classes=num_classes,
+                                      source=r.backbone)
+        model = model.backbone if isinstance(model, llb.LLB) else model
+    elif r.pretrained:
+        model = vit.load_pretrained(r.pretrained, weights_file=r.weights_file,
+                                    num_classes=num_classes, dropout=r.dropout)
+    else:
+        patch = {} if r.patch_size is None else {"patch_size": r.patch_size}
+        model = vit.create_vit(r.model, image_size=r.image_size, num_classes=num_classes,
+                               dropout=r.dropout, **patch)
+    return llb.LLB(model, **r.llb) if r.stage == "llb" else model
 
 
-def build_backbone(args, info, backbone_ckpt: str | None):
-    if backbone_ckpt:  # --backbone, or the ViT stage of vit+llb (which may itself be --pretrained)
-        ckpt = load_checkpoint(backbone_ckpt)
-        model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=backbone_ckpt)
-        return model.backbone if isinstance(model, llb.LLB) else model
-    if args.pretrained:
-        return vit.load_pretrained(args.pretrained, weights_file=args.weights_file,
-                                   num_classes=info.num_classes, dropout=args.dropout)
-    name = args.model or ("micro" if args.dataset == "synthetic" else "tiny" if info.image_size <= 64 else "base")
-    patch = args.patch_size or (8 if args.dataset == "synthetic" else 4 if info.image_size <= 64 else None)
-    return vit.create_vit(name, image_size=info.image_size, num_classes=info.num_classes,
-                          dropout=args.dropout, **({"patch_size": patch} if patch else {}))
-
-
-def build_llb(args, backbone):
-    return llb.LLB(backbone, layer=args.layer, num_objects=args.num_objects, depth=args.llb_depth,
-                   tau=args.tau, alpha=args.alpha, diversity_weight=args.diversity_weight,
-                   diversity_mode=args.diversity_mode, disconnect=not args.no_disconnect,
-                   diversity=not args.no_diversity, pos_embed=args.pos_embed,
-                   integrate=not args.no_integrate, freeze_backbone=not args.unfreeze)
-
-
-def build_optimizer(params, *, name, lr, weight_decay, device):
-    # Decay matrices and embeddings only, not biases and LayerNorm gains (as nanoGPT)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam  # Adam: the paper's
-    return cls(groups, lr=lr, fused=device.type == "cuda")
-
-
-def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to 0 at `total` steps."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile and DDP wrappers (it owns the state dict and the loss)."""
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "module", net)
 
 
 # ----------------------------------------------------------------------------- loops
 
 
-def heads_of(out) -> dict:
-    """Each prediction head's scores: logits or probabilities (argmax and top-k agree)."""
-    if isinstance(out, llb.LLBOutput):
-        return {"visual": out.logits_v, "nonvisual": out.logits_n, "integrated": out.probs}
-    return {"visual": out}
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, autocast) -> dict:
-    """Top-1 / top-5 (%) of each head over the whole split, summed across ranks."""
-    model.eval()
-    correct, total = {}, 0  # head -> (top-1, top-5) counts, kept on the device: no sync per batch
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            scores = heads_of(model(x))
-        for head, s in scores.items():
-            top5 = s.topk(min(5, s.shape[1]), dim=1).indices == y[:, None]  # (B, 5)
-            hits = torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
-            correct[head] = correct[head] + hits if head in correct else hits
-        total += len(y)
-    heads = list(correct)
-    sums = all_sum([v for h in heads for v in correct[h].tolist()] + [total], device)
-    results = {}
-    for i, head in enumerate(heads):
-        results[f"top1_{head}"] = 100 * sums[2 * i] / sums[-1]
-        results[f"top5_{head}"] = 100 * sums[2 * i + 1] / sums[-1]
-    return results
-
-
-def train_epoch(stage, model, raw, loader, optimizer, scaler, autocast, args, *, epoch, epochs, lr,
-                warmup, device, world, log):
-    """One pass over the training shard; returns (loss sum, correct, images, seconds)."""
-    model.train()
-    loader.sampler.set_epoch(epoch)  # the order depends on (seed, epoch) only: resume = straight run
+def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int) -> dict:
+    """One pass over this rank's shard. Returns the sums of the loss statistics over its steps
+    (a tensor per name, on the device) and "steps"; nothing is read back per step."""
+    model = unwrap(net)
+    device = next(model.parameters()).device
+    net.train()
+    loader.sampler.set_epoch(epoch)  # the order is a function of (seed, epoch): resume = straight
     steps = len(loader)
-    if args.log_sample_ids:
-        with open(log, "a") as f:
-            f.write(json.dumps({"epoch": epoch, "ids": list(loader.sampler)[:steps * args.batch_size]}) + "\n")
+    warmup = round(r.warmup_epochs * steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    bar = tqdm(loader, desc=f"[{stage}] epoch {epoch + 1}/{epochs}", disable=not master(), leave=False)
-    seen, loss_sum, hits, t0 = 0, 0.0, torch.zeros((), device=device, dtype=torch.long), time.time()
+    autocast = recipes.autocast(r.amp, device)
+    sums, first_bad = None, torch.full((), -1, device=device)
+    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
+               disable=not is_master())
     for i, (x, y) in enumerate(bar):
+        # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
+        lr = recipes.lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total=epochs * steps, warmup=warmup, peak=lr)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            group["lr"] = lr
+        # forward and loss: both models, one call
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
         with autocast:
-            out = model(x)
-        if stage == "llb":
-            loss, parts = raw.loss(out, y, label_smoothing=args.label_smoothing)
-            logits = out.logits_n  # the head LLB trains
-        else:
-            loss = F.cross_entropy(out.float(), y, label_smoothing=args.label_smoothing)
-            parts, logits = {"total": loss.item()}, out
-        if not math.isfinite(parts["total"]):
-            raise RuntimeError(f"non-finite loss ({parts['total']}) at step {step} (epoch {epoch + 1}); stopped. "
-                               f"The last good checkpoint is kept: {log.parent / 'last.pt'}. Try a lower --lr, "
-                               f"--clip-grad 1, or --amp bf16 instead of fp16.")
+            out = net(x)
+        loss, stats = model.loss(out, y, label_smoothing=r.label_smoothing)
+        # backward (scaled under fp16), clip the gradient, step
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if args.clip_grad > 0:
+        if r.clip_grad > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+            torch.nn.utils.clip_grad_norm_(params, r.clip_grad)
         scaler.step(optimizer)
         scaler.update()
-        seen += len(y)
-        loss_sum += parts["total"] * len(y)
-        hits += (logits.argmax(1) == y).sum()  # on the device: read only when the bar refreshes
-        if master() and (i % 10 == 0 or i == steps - 1):
-            bar.set_postfix(loss=f"{parts['total']:.3f}", acc=f"{100 * hits.item() / seen:.1f}",
-                            img_s=f"{seen * world / (time.time() - t0):.0f}")
-    return loss_sum, hits.item(), seen, time.time() - t0
+        # statistics stay on the device; the first non-finite step is remembered there
+        values = torch.stack(list(stats.values()))
+        sums = values if sums is None else sums + values
+        first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), step, first_bad)
+        if i % LOG_EVERY == LOG_EVERY - 1 or i == steps - 1:  # one host sync per LOG_EVERY steps
+            means = dict(zip(stats, (sums / (i + 1)).tolist()))
+            check_finite(int(first_bad), epoch, means["total"])
+            bar.set_postfix(loss=f"{means['total']:.3f}", acc=f"{means['top1']:.1f}", lr=f"{lr:.2g}")
+    return dict(zip(stats, sums)) | {"steps": steps}
 
 
-def master() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def check_finite(first_bad: int, epoch: int, loss: float) -> None:
+    if first_bad >= 0:
+        raise RuntimeError(f"non-finite loss ({loss}) at step {first_bad} (epoch {epoch + 1}); "
+                           f"stopped before saving this epoch, so the last saved checkpoint is "
+                           f"kept. Try a lower --lr, gradient clipping (--clip-grad 1), or "
+                           f"--amp bf16 instead of fp16.")
 
 
-def autocast_for(args, device):
-    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=args.amp != "off")
 
 
-def run_stage(stage: str, args, loaders: tuple, rank: int, world: int, device, out_dir: Path,
-              backbone_ckpt: str | None = None) -> dict:
-    """Train one stage ("vit" or "llb") to the end, resuming if asked; returns its results.
-    `loaders` = build_data(...), built once and shared by both stages of vit+llb."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+# ----------------------------------------------------------------------------- a stage
+
+
+def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args) -> dict:
+    """Train one stage to its last epoch (resuming if asked); returns that epoch's results."""
     train_loader, val_loader, info = loaders
-    torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts it)
-    model = build_backbone(args, info, backbone_ckpt)
-    if stage == "llb":
-        model = build_llb(args, model)
-    model.to(device)
-    two_stage = args.method == "vit+llb" and stage == "llb"
-    hp = STAGE_DEFAULTS["finetune" if stage == "vit" and (args.pretrained or args.backbone) else stage]
-    lr = (args.llb_lr if two_stage else args.lr) or hp["lr"]
-    epochs = args.llb_epochs if two_stage else args.epochs
+    # build the model, its optimizer and the fp16 loss scaler
+    model = build_model(r, info.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, name=args.optimizer or hp["optimizer"], lr=lr, device=device,
-                                weight_decay=hp["weight_decay"] if args.weight_decay is None else args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")  # fp16 needs loss scaling
-    steps_per_epoch = len(train_loader)
-    warmup = round(steps_per_epoch * (hp["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs))
-    start_epoch, best = 0, -1.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if args.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        check_same_model(ckpt, model, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"], ckpt["best_top1"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate(ckpt["rng"]["python"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        if master():
-            print(f"[{stage}] resumed from {last_path} at epoch {start_epoch}/{epochs}")
-    elif args.resume and master():
-        print(f"[{stage}] --resume: no {last_path} yet, starting from epoch 1")
-    raw = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = recipes.build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
+                                        weight_decay=r.weight_decay, decay_all=r.decay_all)
+    scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
+    # resume: the state after the last saved epoch
+    start, best = 0, -1.0
+    if args.resume and (folder / "last.pt").exists():
+        ckpt = load_checkpoint(folder / "last.pt")
+        restore(ckpt, model, optimizer, scaler, folder / "last.pt")
+        start, best = ckpt["epoch"], ckpt["best_top1"]
+    # wrap: DDP across processes, then compile; `model` keeps the state dict and the loss
+    net = model
+    if r.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        model = torch.compile(model)
-    autocast = autocast_for(args, device)
-    if master():
-        n_train = sum(p.numel() for p in params)
-        print(f"[{stage}] {info.name}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
-              f"{info.num_classes} classes, {info.image_size} px | {n_train:,} trainable parameters | "
-              f"{epochs} epochs x {steps_per_epoch} steps, global batch {args.batch_size * world} "
-              f"({world} x {args.batch_size}), lr {lr:g}, {device.type}, amp {args.amp}")
-    results, log = {}, out_dir / f"samples_rank{rank}.jsonl"
-    for epoch in range(start_epoch, epochs):
-        loss_sum, hits, seen, seconds = train_epoch(stage, model, raw, train_loader, optimizer, scaler, autocast, args,
-                                                    epoch=epoch, epochs=epochs, lr=lr, warmup=warmup, device=device,
-                                                    world=world, log=log)
-        loss_sum, hits, seen = all_sum([loss_sum, hits, seen], device)
-        results = evaluate(model, val_loader, device, autocast)
-        top1 = results.get("top1_integrated", results["top1_visual"])  # what best.pt is chosen by
-        record = dict(stage=stage, epoch=epoch + 1, train_loss=loss_sum / seen, train_top1=100 * hits / seen,
-                      **results, img_s=seen / seconds, time_s=seconds)
-        if master():
-            state = dict(kind=stage, **configs_of(raw), model=raw.state_dict(), optimizer=optimizer.state_dict(),
-                         scaler=scaler.state_dict(), epoch=epoch + 1, best_top1=max(best, top1),
-                         dataset=info.name, args=vars(args),
-                         rng=dict(torch=torch.get_rng_state(), python=random.getstate(),
-                                  cuda=torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
-            save_checkpoint(last_path, state)
-            if top1 > best:
-                save_checkpoint(best_path, state)
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            heads = "  ".join(f"{h} {results['top1_' + h]:.1f}" for h in HEADS if "top1_" + h in results)
-            tqdm.write(f"[{stage}] epoch {epoch + 1}/{epochs}  loss {record['train_loss']:.3f}  train "
-                       f"{record['train_top1']:.1f}%  val top-1: {heads}  |  "
-                       f"{record['img_s']:.0f} img/s  {seconds:.1f} s")
+        net = torch.compile(net)
+    eval_autocast = recipes.autocast(r.amp, device, enabled=r.eval_amp)
+    if is_master():
+        start_log(r, folder, start, info, train_loader, val_loader, params, device)
+    # the loop: train an epoch, save it, evaluate it, log it
+    results = {}
+    for epoch in range(start, r.epochs):
+        t0 = time.time()
+        sums = train_epoch(net, train_loader, optimizer, scaler, r, epoch=epoch)
+        state = dict(kind=r.stage, **configs_of(model), recipe=asdict(r), epoch=epoch + 1,
+                     best_top1=best, dataset=info.name, **capture(model, optimizer, scaler))
+        if is_master():  # saved before evaluating: a failing evaluation loses no training
+            save_checkpoint(folder / "last.pt", state)
+        seconds = time.time() - t0
+        results = evaluate.evaluate(net, val_loader, device, eval_autocast)
+        top1 = results.get("top1_integrated", results["top1_visual"])  # best.pt's criterion
+        if is_master() and top1 > best:
+            save_checkpoint(folder / "best.pt", state | {"best_top1": top1})
         best = max(best, top1)
-    if not results:  # resumed a finished run: evaluate what it holds
-        results = evaluate(model, val_loader, device, autocast)
-    results = {f"{m}_{h}": results.get(f"{m}_{h}") for h in HEADS for m in ("top1", "top5")}
-    if world > 1:  # DDP must keep the replicas identical: check it rather than assume it
-        mine = sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(raw.parameters()))
-        fingerprints = [None] * world
-        dist.all_gather_object(fingerprints, mine)
-        if len(set(fingerprints)) > 1:
-            raise RuntimeError(f"DDP replicas diverged: parameter fingerprints per rank {fingerprints}")
-        results["param_fingerprint_per_rank"] = fingerprints
-    if master():
-        (out_dir / "results.json").write_text(json.dumps(dict(results, stage=stage, dataset=info.name,
-                                                              epochs=epochs), indent=2) + "\n")
+        steps = distributed.all_sum([sums.pop("steps")], device)[0]
+        means = {k: v / steps for k, v in zip(sums, distributed.all_sum(
+            [float(v) for v in sums.values()], device))}
+        if is_master():
+            log_epoch(r, folder, epoch, means, results, steps * r.batch_size / seconds, seconds)
+    # finish: evaluate a stage resumed after its end, check the replicas, write results.json
+    if not results:
+        results = evaluate.evaluate(net, val_loader, device, eval_autocast)
+    distributed.check_replicas(model)
+    results = {f"{m}_{p}": results.get(f"{m}_{p}") for p in evaluate.PREDICTIONS for m in ("top1", "top5")}
+    if is_master():
+        summary = dict(results, stage=r.stage, dataset=info.name, epochs=r.epochs)
+        (folder / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
 
 
-def print_table(results: dict, title: str) -> None:
-    print(f"\n{title}\n{'prediction':<22}{'top-1':>8}{'top-5':>8}")
-    for head, label in HEADS.items():
-        if results.get(f"top1_{head}") is not None:
-            print(f"{label:<22}{results[f'top1_{head}']:>8.2f}{results[f'top5_{head}']:>8.2f}")
+def start_log(r, folder: Path, start: int, info, train_loader, val_loader, params, device):
+    """Print the stage's data and recipe; begin metrics.jsonl with the recipe (or a resume)."""
+    print(f"[{r.stage}] {info.name}: {len(train_loader.dataset)} train / "
+          f"{len(val_loader.dataset)} val images, {info.num_classes} classes, {info.image_size} px"
+          f" | {sum(p.numel() for p in params):,} trainable parameters | {r.epochs} epochs x "
+          f"{len(train_loader)} steps, global batch {r.global_batch} ({r.world_size} x "
+          f"{r.batch_size}), {device.type}")
+    print(r.describe())
+    if start:
+        print(f"[{r.stage}] resumed from {folder / 'last.pt'} at epoch {start}/{r.epochs}")
+    line = {"resumed_after_epoch": start} if start else {"recipe": asdict(r)}
+    with open(folder / "metrics.jsonl", "a" if start else "w") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def log_epoch(r, folder: Path, epoch: int, means: dict, results: dict, img_s: float, seconds):
+    """One line of metrics.jsonl and one printed line per epoch."""
+    record = dict(stage=r.stage, epoch=epoch + 1, train_loss=means["total"],
+                  train_top1=means["top1"], **{f"train_{k}": v for k, v in means.items()
+                                               if k not in ("total", "top1")},
+                  **results, img_s=img_s, time_s=seconds)
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    val = "  ".join(f"{p} {results['top1_' + p]:.1f}" for p in evaluate.PREDICTIONS if "top1_" + p in results)
+    tqdm.write(f"[{r.stage}] epoch {epoch + 1}/{r.epochs}  loss {means['total']:.3f}  train "
+               f"{means['top1']:.1f}%  val top-1: {val}  |  {img_s:.0f} img/s  {seconds:.1f} s")
+
+
+
+
+# ----------------------------------------------------------------------------- the program
 
 
 def main(argv=None) -> dict | None:
+    """The program; raises on bad input (cli.run turns that into one printed paragraph)."""
     args = parse_args(argv)
+    if args.eval_only:
+        rank, world, device = distributed.setup(args.device)
+        try:
+            return evaluate.evaluate_checkpoint(args, device)
+        finally:
+            distributed.teardown()
+    # plan every stage and check the out-dir before starting processes or building anything
+    planned = plan(args)
+    if "RANK" not in os.environ:
+        prepare_out_dir(args.out_dir, [folder for _, folder in planned], resume=args.resume,
+                        overwrite=args.overwrite)
     if args.gpus > 1 and "RANK" not in os.environ:
-        return launch(argv, args)
-    rank, world, device = setup(args)
+        return distributed.launch(entry, argv, args.gpus)
+    rank, world, device = distributed.setup(args.device)
     try:
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
-        out_dir = Path(args.out_dir)
-        if args.benchmark:
-            import benchmark
-            return benchmark.run(args, device)
-        if args.analyze:
-            import analyze
-            return analyze.run(args, device)
-        loaders = build_data(args, rank, world)
-        if args.eval_only:
-            ckpt = load_checkpoint(args.eval_only)
-            _, val_loader, info = loaders
-            model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only).to(device)
-            results = evaluate(model, val_loader, device, autocast_for(args, device))
-            if master():
-                print_table(results, f"{args.eval_only} on {info.name} validation ({len(val_loader.dataset)} images)")
-            return results
-        if args.method == "vit+llb":
-            run_stage("vit", args, loaders, rank, world, device, out_dir / "vit")
-            vit_ckpt = str(out_dir / "vit" / "last.pt")  # the ViT as trained, not selected on val
-            results = run_stage("llb", args, loaders, rank, world, device, out_dir, backbone_ckpt=vit_ckpt)
-        else:
-            results = run_stage(args.method, args, loaders, rank, world, device, out_dir,
-                                backbone_ckpt=args.backbone)
-        if master():
-            print_table(results, f"{args.dataset} validation, {args.method}, results in {out_dir}/results.json")
+        random.seed(planned[0][0].seed)
+        loaders = recipes.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
+                                device=device, download=args.download)
+        for r, folder in planned:
+            try:
+                results = run_stage(r, folder, loaders, device, args)
+            except KeyboardInterrupt:
+                raise cli.Interrupted(interrupted(folder, argv)) from None
+        if is_master():
+            evaluate.print_table(results, f"{planned[-1][0].dataset} validation, {args.method}, "
+                                 f"results in {Path(args.out_dir) / 'results.json'}")
         return results
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.teardown()
+
+
+def interrupted(folder: Path, argv) -> str:
+    """What Ctrl-C kept, and the command that continues."""
+    command = " ".join(["python train.py", *(sys.argv[1:] if argv is None else argv)])
+    if not (folder / "last.pt").exists():
+        return f"No epoch of {folder} was finished, so nothing was saved there."
+    kept = load_checkpoint(folder / "last.pt", mmap=True)["epoch"]
+    resume = "" if "--resume" in command else " --resume"
+    return f"{folder / 'last.pt'} holds epoch {kept}; continue with: {command}{resume}"
+
+
+def entry(argv=None) -> int:
+    """The command line's entry: main() with user errors as one paragraph (see cli.py)."""
+    return cli.run(main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry())

@@ -1,0 +1,48 @@
+"""How this project's programs end: a mistake in the input is one paragraph, not a traceback.
+
+    if __name__ == "__main__":
+        sys.exit(cli.run(main))
+
+`run(main)` calls main(argv). A user error (ValueError, OSError, RuntimeError: the checks of
+this project raise them with a message that says what was expected and how to fix it) prints
+`error: ...` once (rank 0 under DDP) and exits 2; `--debug` or LLB_DEBUG=1 shows the traceback
+instead. Ctrl-C exits 130 with what was kept and how to continue (`Interrupted`).
+"""
+import os
+import sys
+
+from distributed import is_master
+
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what was kept and how to continue, e.g. the --resume command."""
+
+
+def message_of(err: BaseException) -> str:
+    """The error's message; for an error re-raised by a DataLoader worker, the original one."""
+    text = str(err).strip()
+    if "Original Traceback" in text:  # torch's wrapper: the last line is the original error
+        text = text.splitlines()[-1]
+    return text or type(err).__name__
+
+
+def run(main, argv: list | None = None) -> int:
+    """main(argv) -> the process's exit code (0, 2 for bad input, 130 for Ctrl-C)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("LLB_DEBUG") == "1"
+    try:
+        main(argv)
+        return 0
+    except (Interrupted, KeyboardInterrupt) as err:
+        if is_master():
+            print(f"\ninterrupted. {message_of(err) if str(err) else ''}".rstrip(), file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        if is_master():
+            print(f"error: {message_of(err)}\n(to see the traceback: add --debug, or set "
+                  f"LLB_DEBUG=1)", file=sys.stderr)
+        return 2

@@ -1,0 +1,78 @@
+"""Evaluation: top-1 / top-5 of each prediction (p_V, p_N, p_O) over a split, on N processes.
+
+`evaluate(net, loader, device, autocast)` is what train.py runs after every epoch;
+`evaluate_checkpoint(args, device)` is `train.py --eval-only CKPT`, on the data options the
+checkpoint was trained on unless the command line gives others.
+"""
+import os
+
+import torch
+
+import distributed
+import llb
+import recipe
+from checkpoint import load_checkpoint, model_from_checkpoint
+from distributed import is_master
+
+PREDICTIONS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)",
+               "integrated": "p_O (integrated)"}
+
+
+def scores_of(out) -> dict:
+    """Each prediction's scores: logits or probabilities (argmax and top-k agree)."""
+    if isinstance(out, llb.LLBOutput):
+        return {"visual": out.logits_v, "nonvisual": out.logits_n, "integrated": out.probs}
+    return {"visual": out}
+
+
+@torch.no_grad()
+def evaluate(net, loader, device, autocast) -> dict:
+    """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks."""
+    net.eval()
+    correct, total = {}, 0  # prediction -> (top-1, top-5) counts, on the device
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with autocast:
+            scores = scores_of(net(x))
+        for name, s in scores.items():
+            top5 = s.topk(min(5, s.shape[1]), dim=1).indices == y[:, None]  # (B, 5)
+            hits = torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
+            correct[name] = correct[name] + hits if name in correct else hits
+        total += len(y)
+    names = list(correct)
+    sums = distributed.all_sum([v for n in names for v in correct[n].tolist()] + [total], device)
+    results = {}
+    for i, name in enumerate(names):
+        results[f"top1_{name}"] = 100 * sums[2 * i] / sums[-1]
+        results[f"top5_{name}"] = 100 * sums[2 * i + 1] / sums[-1]
+    return results
+
+
+def print_table(results: dict, title: str) -> None:
+    print(f"\n{title}\n{'prediction':<22}{'top-1':>8}{'top-5':>8}")
+    for name, label in PREDICTIONS.items():
+        if results.get(f"top1_{name}") is not None:
+            print(f"{label:<22}{results[f'top1_{name}']:>8.2f}{results[f'top5_{name}']:>8.2f}")
+
+
+def evaluate_checkpoint(args, device) -> dict:
+    """--eval-only CKPT: the data options it was trained on, unless given here."""
+    ckpt = load_checkpoint(args.eval_only)
+    saved = ckpt.get("recipe")
+    r = recipe.resolve(args, ckpt["kind"], base=saved, backbone=None)
+    if saved and is_master():
+        taken = [f"{k}={saved[k]}" for k in ("dataset", "data_dir", "classes", "max_per_class",
+                                             "image_size") if getattr(args, k) is None]
+        print(f"data options from {args.eval_only}: {', '.join(taken)}")
+    world = distributed.all_sum([1], device)[0]
+    rank = int(os.environ.get("RANK", 0))
+    _, val_loader, info = recipe.build_loaders(r, rank=rank, world=int(world), workers=args.workers,
+                                        device=device)
+    model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
+    results = evaluate(model.to(device), val_loader, device,
+                       recipe.autocast(r.amp, device, enabled=r.eval_amp))
+    if is_master():
+        print_table(results, f"{args.eval_only} on {info.name} validation "
+                             f"({len(val_loader.dataset)} images)")
+    return results

@@ -1,0 +1,346 @@
+"""The recipe of a training stage: every setting it uses, resolved once, in one record.
+
+train.py's command line, the checkpoint a run resumes or builds on, and the defaults below go in;
+one `Recipe` per stage comes out. It is printed at start, saved in every checkpoint
+(`ckpt["recipe"]`) and as the first line of metrics.jsonl, and the training code reads its
+settings from it alone, so a run can be reproduced from its checkpoint.
+
+Precedence, field by field: the command line > the checkpoint resumed (or evaluated) >
+the dataset's demo defaults (synthetic) > the stage's defaults (STAGE_DEFAULTS) > the field's
+default in `Recipe`. Also here: what the recipe describes, the optimizer (`build_optimizer`),
+the learning-rate schedule (`lr_at`) and the autocast context (`autocast`).
+"""
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+import data
+import distributed
+import llb
+import vit
+
+# Which defaults a stage takes (the `defaults` field of a Recipe):
+#   scratch:  a ViT trained from scratch, the DeiT-style AdamW setting (Touvron et al., 2021)
+#   finetune: a ViT from released weights or a checkpoint: the same with a 10x smaller lr
+#   llb:      LLB on a frozen ViT, the authors' recipe (their paper and code)
+STAGE_DEFAULTS = {
+    "scratch": dict(optimizer="adamw", lr=1e-3, min_lr=0.0, weight_decay=0.05, decay_all=False,
+                    warmup_epochs=1.0, clip_grad=1.0, eval_amp=True),
+    "finetune": dict(optimizer="adamw", lr=1e-4, min_lr=0.0, weight_decay=0.05, decay_all=False,
+                     warmup_epochs=1.0, clip_grad=1.0, eval_amp=True),
+    "llb": dict(optimizer="adam", lr=1e-4, min_lr=0.0, weight_decay=1e-4, decay_all=False,
+                warmup_epochs=0.0, clip_grad=1.0, eval_amp=True),
+}
+# The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
+# larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
+DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)
+NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # other sets: 224 px
+# Fields a resumed run may change: where files are, not what is trained.
+SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")
+
+
+@dataclass
+class Recipe:
+    stage: str  # "vit" or "llb": what this stage trains (its folder and checkpoint kind)
+    defaults: str  # which STAGE_DEFAULTS filled the unset options: scratch, finetune or llb
+    # data
+    dataset: str = "synthetic"  # a name of data.DATASETS
+    data_dir: str | None = None  # root of the dataset's files (None: synthetic, in memory)
+    classes: str | None = None  # imagenet/folder subset: first K classes, or a file of names
+    max_per_class: int | None = None  # subset: at most M images per class
+    image_size: int = 32  # H = W of the model's input
+    augment: str = "none"  # training augmentation: paper, basic or none (see data.py)
+    # model
+    model: str | None = None  # ViT preset of a ViT from scratch (None: from weights/checkpoint)
+    patch_size: int | None = None  # P of a ViT from scratch
+    pretrained: str | None = None  # released weights the backbone starts from
+    weights_file: str | None = None  # local copy of those weights
+    backbone: str | None = None  # checkpoint the stage starts from (a ViT, or LLB's backbone)
+    dropout: float = 0.0  # ViT dropout (0 for LLB's frozen backbone)
+    llb: dict | None = None  # llb.LLBConfig fields of an LLB stage (layer resolved), else None
+    # optimization
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) or adam (coupled L2)
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 0.0  # floor of the cosine decay (the authors' eta_min for LLB)
+    weight_decay: float = 0.05  # decay coefficient
+    decay_all: bool = False  # decay every trainable parameter (else matrices only, as nanoGPT)
+    warmup_epochs: float = 0.0  # linear warmup before the cosine decay
+    epochs: int = 70  # the paper's 70
+    batch_size: int = 128  # per process (the paper's per GPU)
+    world_size: int = 1  # processes; global batch = batch_size * world_size
+    clip_grad: float = 1.0  # max gradient norm (0: no clipping)
+    label_smoothing: float = 0.0  # of the cross-entropy
+    amp: str = "off"  # autocast dtype for training: bf16, fp16 (with loss scaling) or off
+    eval_amp: bool = True  # evaluate under autocast too (False: fp32, as the authors)
+    seed: int = 0  # model init, data order, augmentations
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def describe(self) -> str:
+        """The recipe as printed at start: one `name value` pair per field, grouped."""
+        pairs = [f"{k}={v}" for k, v in asdict(self).items() if k != "llb" and v is not None]
+        pairs += [f"llb.{k}={v}" for k, v in (self.llb or {}).items()]
+        lines, line = [], "recipe:"
+        for pair in pairs:  # wrapped at 100 characters
+            if len(line) + len(pair) + 1 > 100:
+                lines.append(line)
+                line = "   "
+            line += " " + pair
+        return "\n".join(lines + [line])
+
+
+def default_of(name: str):
+    """The single default of a Recipe field that does not depend on the stage."""
+    return next(f.default for f in fields(Recipe) if f.name == name)
+
+
+def llb_default(name: str):
+    return next(f.default for f in fields(llb.LLBConfig) if f.name == name)
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None = None,
+            source: dict | None = None, first_stage: bool = True) -> Recipe:
+    """The Recipe of `stage` ("vit" or "llb") from parsed options (None = not given).
+
+    backbone: the checkpoint the stage starts from (--backbone, or the ViT stage's last.pt);
+    base:   the recipe of the checkpoint this stage resumes or evaluates (unset options: its);
+    source: the recipe of that backbone checkpoint (its input size, its augmentation);
+    first_stage: False for the LLB stage of vit+llb, whose --llb-epochs / --llb-lr apply.
+    """
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if not first_stage:  # the LLB stage of vit+llb: --llb-epochs / --llb-lr, else --epochs / --lr
+        for name in ("epochs", "lr"):
+            if f"llb_{name}" in given:
+                given[name] = given[f"llb_{name}"]
+        given.pop("pretrained", None)  # built on the ViT stage's checkpoint, not on the weights
+        given.pop("weights_file", None)
+
+    def pick(name: str, fallback):
+        """The command line's value, else the resumed checkpoint's, else `fallback`."""
+        if name in given:
+            return given[name]
+        if base and name in base:
+            return base[name]
+        return fallback
+
+    values = {name: pick(name, default_of(name)) for name in (
+        "dataset", "data_dir", "classes", "max_per_class", "pretrained", "weights_file",
+        "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
+    dataset = values["dataset"]
+    demo = dataset == "synthetic"
+    pretrained = values["pretrained"]
+    from_weights = bool(pretrained or backbone or (base or {}).get("backbone"))
+    defaults = "llb" if stage == "llb" else "finetune" if from_weights else "scratch"
+    # optimization: the stage's defaults, and the demo's own epochs and LLB lr
+    values |= {name: pick(name, value) for name, value in STAGE_DEFAULTS[defaults].items()}
+    demo_epochs = DEMO["epochs"] if first_stage else DEMO["llb_epochs"]
+    values["epochs"] = pick("epochs", demo_epochs if demo else default_of("epochs"))
+    if demo and stage == "llb":
+        values["lr"] = pick("lr", DEMO["llb_lr"])
+    # data: the input size and augmentation follow the weights the stage starts from
+    values["image_size"] = pick("image_size", native_size(dataset, pretrained, source))
+    values["augment"] = pick("augment", default_augment(dataset, pretrained, source))
+    # model: a preset when training from scratch, else what the weights define
+    values["backbone"] = backbone if backbone else (base or {}).get("backbone")
+    values["model"] = None
+    values["patch_size"] = None
+    if not from_weights:
+        values["model"] = pick("model", default_preset(dataset, values["image_size"]))
+        values["patch_size"] = pick("patch_size", default_patch(dataset, values["image_size"]))
+    values["llb"] = llb_options(args, base, demo) if stage == "llb" else None
+    return Recipe(stage=stage, defaults=defaults, **values)
+
+
+def native_size(dataset: str, pretrained: str | None, source: dict | None) -> int:
+    """The input size when --image-size is unset: the released weights' crop, the backbone
+    checkpoint's, else the dataset's native 32 or 224."""
+    if pretrained:
+        return vit.pretrained_eval_spec(pretrained)["crop_size"]
+    if source:
+        return source["image_size"]
+    return NATIVE_SIZE.get(dataset, 224)
+
+
+def default_augment(dataset: str, pretrained: str | None, source: dict | None) -> str:
+    """synthetic: none (it is never augmented); CIFAR: basic (crop + flip); photo sets: the
+    paper's RandAugment on released weights (the authors' setting), basic for a ViT from scratch,
+    whose small data it would underfit, and for LLB on a --backbone, what that backbone used."""
+    if dataset == "synthetic":
+        return "none"
+    if dataset in NATIVE_SIZE:
+        return "basic"
+    if pretrained:
+        return "paper"
+    if source and source.get("augment"):
+        return source["augment"]
+    return "basic"
+
+
+def default_preset(dataset: str, image_size: int) -> str:
+    if dataset == "synthetic":
+        return "micro"
+    return "tiny" if image_size <= 64 else "base"
+
+
+def default_patch(dataset: str, image_size: int) -> int | None:
+    """8 on synthetic (one patch = one cell), 4 on small images, else the preset's."""
+    if dataset == "synthetic":
+        return 8
+    return 4 if image_size <= 64 else None
+
+
+def llb_options(args, base: dict | None, demo: bool) -> dict:
+    """LLBConfig fields: the command line, else the resumed checkpoint's, else LLBConfig's."""
+    names = {"layer": "layer", "num_objects": "num_objects", "depth": "llb_depth", "tau": "tau",
+             "alpha": "alpha", "diversity_weight": "diversity_weight",
+             "diversity_mode": "diversity_mode", "pos_embed": "pos_embed"}
+    switches = {"disconnect": "no_disconnect", "diversity": "no_diversity",
+                "integrate": "no_integrate", "freeze_backbone": "unfreeze"}
+    theirs = (base or {}).get("llb") or {}
+    options = {}
+    for field, flag in names.items():
+        value = getattr(args, flag)
+        fallback = DEMO["num_objects"] if field == "num_objects" and demo else llb_default(field)
+        options[field] = value if value is not None else theirs.get(field, fallback)
+    for field, flag in switches.items():  # --no-X / --unfreeze turn a default-True switch off
+        value = getattr(args, flag)
+        options[field] = (not value) if value is not None else theirs.get(field, True)
+    return options
+
+
+def check_options(args) -> str | None:
+    """What is wrong with the options, before anything is built; fills the runtime defaults."""
+    positive = ("epochs", "llb_epochs", "batch_size", "image_size", "max_per_class", "gpus",
+                "num_objects", "llb_depth", "patch_size")
+    for name in positive:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {value}"
+    for name in ("lr", "llb_lr"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            return f"--{name.replace('_', '-')} must be > 0, got {value}"
+    at_least_zero = ("min_lr", "weight_decay", "warmup_epochs", "clip_grad", "workers")
+    for name in at_least_zero:
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            return f"--{name.replace('_', '-')} must be >= 0, got {value}"
+    for name in ("dropout", "label_smoothing"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < 1:
+            return f"--{name.replace('_', '-')} must be in [0, 1), got {value}"
+    if args.pretrained and args.backbone:
+        return "--pretrained and --backbone both give the backbone: pick one"
+    if args.weights_file and not args.pretrained:
+        return "--weights-file needs --pretrained NAME (which says what the file holds)"
+    if args.method == "llb" and not (args.pretrained or args.backbone or args.eval_only):
+        return ("--method llb needs a backbone: --pretrained NAME or --backbone CKPT "
+                "(or use --method vit+llb to train one first)")
+    if args.method == "vit+llb" and args.backbone:
+        return "--backbone with --method vit+llb: use --method llb to put LLB on an existing ViT"
+    if (args.llb_epochs, args.llb_lr) != (None, None) and args.method != "vit+llb":
+        return "--llb-epochs/--llb-lr set the LLB stage of --method vit+llb; use --epochs/--lr"
+    if args.pretrained and (args.model or args.patch_size):
+        return "--model/--patch-size come from --pretrained weights; drop them"
+    if args.resume and args.overwrite:
+        return "--resume continues the run in --out-dir, --overwrite replaces it: pick one"
+    if args.eval_only and (args.resume or args.overwrite):
+        return "--eval-only writes nothing: drop --resume/--overwrite"
+    cuda = torch.cuda.device_count()
+    if args.device is None and args.gpus > 1 and cuda == 0:
+        return (f"--gpus {args.gpus} but this machine has no CUDA GPU; to run {args.gpus} CPU "
+                f"processes (gloo), add --device cpu")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and args.gpus > cuda:
+        return f"--gpus {args.gpus} but this machine has {cuda} CUDA GPU(s)"
+    args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
+    args.world_size = int(os.environ.get("WORLD_SIZE", args.gpus))
+    dataset = args.dataset or "synthetic"
+    args.out_dir = args.out_dir or f"runs/{dataset}_{args.method.replace('+', '_')}"
+    try:  # the LLB options alone; the layer against the backbone's depth comes in plan()
+        llb.LLBConfig(**llb_options(args, None, dataset == "synthetic"))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def check_resume(recipe: Recipe, saved: dict, path) -> None:
+    """--resume into a different recipe fails, naming each option that differs."""
+    mine = asdict(recipe)
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, this command {mine[k]!r}" for k in mine
+              if k not in SAFE_TO_CHANGE and saved.get(k) != mine[k]]
+    if differ:
+        raise ValueError(f"--resume: {path} was trained with other options, and resuming would "
+                         f"mix two recipes: {'; '.join(differ)}. Drop those options (unset "
+                         f"options are taken from the checkpoint), or start a new run in "
+                         f"another --out-dir.")
+
+
+# ----------------------------------------------------------------------------- what it builds
+
+
+def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
+                    decay_all: bool, device: torch.device) -> torch.optim.Optimizer:
+    """Adam(W) over `params`; weight decay on every parameter (decay_all: the authors' LLB,
+    `Adam(params, weight_decay=1e-4)`) or on matrices and embeddings only (as nanoGPT)."""
+    if decay_all:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # Note: Adam adds weight_decay * w to the gradient (coupled L2); AdamW decays w directly.
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, fused=device.type == "cuda")
+
+
+def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
+                  device: torch.device, download: bool = False):
+    """(train loader, val loader, DataInfo) of a recipe's data options; shared by both stages."""
+    spec = vit.pretrained_eval_spec(r.pretrained) if r.pretrained else None
+    expected = None
+    if r.pretrained and r.stage == "llb":  # LLB keeps the released head: same label set
+        expected = len(vit.torchvision_weights(r.pretrained)[1].meta["categories"])
+    if download and rank > 0:
+        distributed.barrier()  # wait for rank 0's download, then read it
+    train_set, val_set, info = data.build_datasets(
+        r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
+        randaugment=r.augment == "paper" and r.dataset != "synthetic", classes=r.classes,
+        max_per_class=r.max_per_class, download=download and rank == 0, seed=r.seed,
+        expected_num_classes=expected, weights_name=r.pretrained)
+    if download and rank == 0:
+        distributed.barrier()
+    loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
+                  pin_memory=device.type == "cuda", batch_size=r.batch_size)
+    return (data.build_loader(train_set, train=True, **loader),
+            data.build_loader(val_set, train=False, **loader), info)
+
+
+def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps (the whole run:
+    the authors' T_max of 10 epochs for a 70-epoch run is a defect not copied here)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def autocast(amp: str, device: torch.device, *, enabled: bool = True):
+    """The autocast context of `amp` ("bf16", "fp16" or "off") on `device`."""
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled and amp != "off")
+
+
+def backbone_depth(recipe: Recipe, source_vit_config: dict | None) -> int:
+    """Depth L of the backbone a recipe builds (its LLB `layer` must be in 1..L)."""
+    if recipe.model is not None:
+        return vit.PRESETS[recipe.model]["depth"]
+    if recipe.pretrained:
+        return vit.PRESETS[vit.torchvision_weights(recipe.pretrained)[0]]["depth"]
+    return source_vit_config["depth"]

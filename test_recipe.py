@@ -1,0 +1,133 @@
+"""The recipe record (recipe.py), the one training step, and the layout of the programs."""
+import ast
+import glob
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+import benchmark
+import data
+import recipe
+import train
+
+REPO = os.path.dirname(os.path.abspath(train.__file__))
+TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
+        "--device", "cpu", "--num-objects", "16"]
+
+
+def test_recipe_is_printed_saved_and_first_in_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(TINY + ["--method", "vit", "--epochs", "1", "--out-dir", str(out)])
+    saved = torch.load(out / "last.pt", weights_only=True)["recipe"]
+    # a defaulted setting is a number there, as used, not None
+    assert (saved["optimizer"], saved["lr"], saved["weight_decay"]) == ("adamw", 1e-3, 0.05)
+    assert (saved["warmup_epochs"], saved["min_lr"], saved["clip_grad"]) == (1.0, 0.0, 1.0)
+    assert (saved["defaults"], saved["batch_size"], saved["world_size"]) == ("scratch", 20, 1)
+    assert (saved["image_size"], saved["patch_size"], saved["augment"]) == (32, 8, "none")
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first == {"recipe": saved}
+    printed = capsys.readouterr().out
+    assert "recipe: stage=vit defaults=scratch" in printed and " lr=0.001 " in printed
+
+
+def test_each_stage_resolves_its_own_defaults():
+    args = train.parse_args(["--dataset", "imagenet", "--data-dir", "x", "--method", "llb",
+                             "--pretrained", "vit_b_16:IMAGENET1K_SWAG_E2E_V1"])
+    (r, folder), = train.plan(args)
+    assert (r.stage, r.defaults, r.optimizer, r.lr, r.epochs) == ("llb", "llb", "adam", 1e-4, 70)
+    assert (r.image_size, r.augment, r.batch_size) == (384, "paper", 128)  # SWAG: 384 px
+    assert r.llb["num_objects"] == 2048 and r.llb["layer"] == 11 and r.llb["depth"] == 6
+    assert folder.name == "imagenet_llb"
+    # the demo: both stages of vit+llb, the LLB stage with the synthetic set's own sizes
+    (v, _), (l, _) = train.plan(train.parse_args(["--lr", "0.002"]))
+    assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
+    assert (l.defaults, l.lr, l.epochs, l.llb["num_objects"]) == ("llb", 0.002, 4, 64)
+    assert l.backbone.endswith(os.path.join("vit", "last.pt")) and l.model is None
+    # a ViT from scratch on a folder of small images: basic augmentation, ViT-Ti/4
+    args = train.parse_args(["--dataset", "folder", "--data-dir", "x", "--image-size", "32",
+                             "--method", "vit"])
+    (r, _), = train.plan(args)
+    assert (r.augment, r.model, r.patch_size, r.lr) == ("basic", "tiny", 4, 1e-3)
+
+
+def test_layer_is_checked_against_the_backbone_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"layer must be an int in 1\.\.4"):
+        train.main(TINY + ["--layer", "9", "--out-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "vit" / "last.pt").exists()  # the ViT stage never started
+
+
+def test_training_loop_reads_the_loss_back_every_log_interval_only(monkeypatch):
+    """No host sync per step: this project's code reads tensors back only every LOG_EVERY steps.
+    Every way of reading a tensor on the host is spied on when called from a file of the repo."""
+    args = train.parse_args(TINY + ["--method", "vit+llb", "--batch-size", "2", "--max-per-class", "5"])
+    r = train.plan(args)[1][0]
+    r.backbone = None  # LLB on a fresh ViT: only the step is tested here
+    r.model, r.patch_size = "micro", 8
+    train_set, _, info = data.build_datasets("synthetic", max_per_class=5)
+    loader = data.build_loader(train_set, batch_size=2, train=True)
+    model = train.build_model(r, info.num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = recipe.build_optimizer(params, name="adam", lr=1e-3, weight_decay=0.0,
+                                       decay_all=True, device=torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            caller = sys._getframe(1)
+            if os.path.dirname(os.path.abspath(caller.f_code.co_filename)) == REPO:
+                reads.append(f"{_name} at {os.path.basename(caller.f_code.co_filename)}:"
+                             f"{caller.f_lineno}")
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    sums = train.train_epoch(model, loader, optimizer, scaler, r, epoch=0)
+    steps = sums["steps"]
+    assert steps == 25
+    # two reads (the statistics, the first non-finite step) per log point: steps 10, 20, 25
+    assert len(reads) <= 2 * math.ceil(steps / train.LOG_EVERY) < steps, reads
+
+
+def test_programs_import_one_way():
+    """The modules' imports (inside functions too) form a DAG: no module imports one that
+    imports it back, directly or through others."""
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "*.py"))
+               if not os.path.basename(p).startswith("test_")}
+    graph = {}
+    for m in modules:
+        tree = ast.parse(open(os.path.join(REPO, m + ".py")).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module.split(".")[0])
+        graph[m] = sorted(names & modules - {m})
+
+    def cycle_from(m, path):
+        if m in path:
+            return path[path.index(m):] + [m]
+        for n in graph[m]:
+            found = cycle_from(n, path + [m])
+            if found:
+                return found
+        return None
+    cycles = [c for c in (cycle_from(m, []) for m in sorted(modules)) if c]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+    assert "train" not in graph["benchmark"] and "train" not in graph["recipe"]
+
+
+def test_train_help_is_training_only(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--benchmark" not in text and "--analyze" not in text and "--log-sample-ids" not in text
+    assert "benchmark.py" in text and "analyze.py" in text  # where those went
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--help"])
+    assert "--compile" in capsys.readouterr().out
