@@ -5,21 +5,24 @@
 The paper's claim: a ViT arranges classes by what they look like (visually similar but
 semantically unrelated classes lie close in ViT space), while LLB's non-visual branch, which
 sees only latent-object ids (A N_emb) and is trained only by the labels, arranges them by the
-labels' own structure. One pass over the validation split (eval mode, no grad) measures that.
-Everything is written next to CKPT (its run directory):
+labels' own structure. One pass over the validation split (eval mode, no grad; `collect`)
+measures that; `write_report` writes, next to CKPT (its run directory), figures that carry their
+own title, labels and legend (drawn by plots.py):
 
   latent_objects.png   8 validation images (one per class, the first met), each beside its patch
                        grid coloured by the argmax latent object of each patch: LLB step 1's
                        quantization. Same colour = same object in every image (colours follow
-                       object usage rank: the 20 most used get 20 high-contrast colours).
-  latent_objects.txt   the legend (most used objects: id, RGB, share of patches) and layout.
+                       object usage rank: the 20 most used get 20 high-contrast colours, shown
+                       in the legend with their share of patches). Under each image its class
+                       and the predictions of p_V, p_N and p_O.
+  latent_objects.txt   the same legend as text (id, RGB, share of patches) and the layout.
   centroids_visual.png, centroids_nonvisual.png
                        K x K cosine similarity of the class centroids (mean feature over the
                        class's validation images) of feat_v = LN(c_v) (the ViT's space) and of
                        feat_n = LN(c_n) (LLB's non-visual space); blue -1, white 0, red +1, grey:
-                       class without images; colour bar on the right (+1 top, -1 bottom). Classes
-                       in the same order in both, grouped by superclass when the set has them
-                       (CIFAR-100; black lines between superclasses), else by class id.
+                       class without images. Rows and columns are named classes in the same
+                       order in both, grouped by superclass when the set has them (black lines
+                       between superclasses, named beside the rows), else by class id.
   analysis.json        object usage (objects used as an argmax, perplexity exp(H(p~)) of the mean
                        assignment p~: the effective number of objects, cf. L_div = -H(p~)),
                        top-1 of p_V, p_N, p_O, agreement of the visual and non-visual heads, the
@@ -36,18 +39,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 import checkpoint
-import train
+import plots
 
-NUM_IMAGES, PAIRS_PER_ROW, PAIR_GAP, PADDING, MIN_IMAGE_PX = 8, 4, 2, 12, 128
-HEATMAP_PX, BAR_GAP, BAR_WIDTH = 480, 8, 24
+NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
+PAIRS_PER_ROW = 4
+MIN_IMAGE_PX = 128  # images shown at least this large (nearest upscale)
+LEGEND_OBJECTS = 20  # the most used objects named in the legend, one Kelly colour each
 # Kelly's 22 colours of maximum contrast without white and black: for the 20 most used objects
 KELLY = ("F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 "
          "F99379 604E97 F6A600 B3446C DCD300 882D17 8DB600 654522 E25822 2B3D26").split()
-BLUE, WHITE, RED, GREY = (33, 102, 172), (255, 255, 255), (178, 24, 43), (128, 128, 128)
+HEADS = {"visual": "p_V", "nonvisual": "p_N", "integrated": "p_O"}
+PREDICTION = {"visual": "pred_v", "nonvisual": "pred_n", "integrated": "pred_o"}  # collect's keys
+SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v = LN(c_v), its class token"),
+          "nonvisual": ("feat_n", "LLB's non-visual space: feat_n = LN(c_n), its class token")}
 
 
 # ----------------------------------------------------------------------------- measures
@@ -96,80 +103,214 @@ def object_usage(argmax_counts: torch.Tensor, mean_assign: torch.Tensor) -> dict
 def agreement(scores_v: torch.Tensor, scores_n: torch.Tensor, target: torch.Tensor) -> dict:
     """Counts and % of images both heads get right, only the visual (p_V), only the non-visual
     (p_N), neither. Scores (B, K) or already predicted class ids (B,)."""
-    pred = [s.argmax(1) if s.ndim == 2 else s for s in (scores_v, scores_n)]
-    v, n = (p == target for p in pred)
-    counts = {"both_right": v & n, "only_visual": v & ~n, "only_nonvisual": ~v & n, "both_wrong": ~v & ~n}
-    counts = {k: int(m.sum()) for k, m in counts.items()}
+    v = (scores_v.argmax(1) if scores_v.ndim == 2 else scores_v) == target
+    n = (scores_n.argmax(1) if scores_n.ndim == 2 else scores_n) == target
+    masks = {"both_right": v & n, "only_visual": v & ~n, "only_nonvisual": ~v & n,
+             "both_wrong": ~v & ~n}
+    counts = {k: int(m.sum()) for k, m in masks.items()}
     total = len(target)
-    return {"counts": counts, "percent": {k: 100 * c / total for k, c in counts.items()}, "total": total}
+    percent = {k: 100 * c / total for k, c in counts.items()}
+    return {"counts": counts, "percent": percent, "total": total}
 
 
-# ----------------------------------------------------------------------------- pictures
-def heatmap(sim: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """uint8 (3, H*scale, W*scale): blue (-1) - white (0) - red (+1), NaN grey; nearest upscale."""
-    v = sim.float().clamp(-1, 1)[..., None]  # (H, W, 1)
-    white, end = torch.tensor(WHITE, dtype=torch.float), torch.tensor([BLUE, RED], dtype=torch.float)
-    rgb = white + (end[(v[..., 0] > 0).long()] - white) * v.abs()  # (H, W, 3)
-    rgb[sim.isnan()] = torch.tensor(GREY, dtype=torch.float)
-    img = rgb.round().to(torch.uint8).permute(2, 0, 1)
-    return img.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-
-
-def similarity_picture(sim: torch.Tensor, groups: list | None = None) -> torch.Tensor:
-    """Heatmap of an ordered (K, K) similarity, black lines where `groups` (the superclass of each
-    row, in order) changes, and a colour bar (+1 top, -1 bottom) on the right."""
-    scale = max(2, math.ceil(HEATMAP_PX / len(sim)))
-    img = heatmap(sim, scale)
-    for i in range(1, len(sim)) if groups else ():
-        if groups[i] != groups[i - 1]:
-            img[:, i * scale, :] = img[:, :, i * scale] = 0
-    side = img.shape[1]
-    bar = heatmap(torch.linspace(1, -1, side)[:, None].expand(side, BAR_WIDTH))
-    gap = torch.full((3, side, BAR_GAP), 255, dtype=torch.uint8)
-    return torch.cat([img, gap, bar], dim=2)
-
-
-def object_colours(argmax_counts: torch.Tensor) -> torch.Tensor:
+def object_colours(counts: torch.Tensor) -> torch.Tensor:
     """uint8 (O, 3): the object of usage rank r (ties by id) gets Kelly colour r for r < 20,
     else a golden-angle hue: fixed for a run, distinct for the most used objects."""
-    n = len(argmax_counts)
+    n = len(counts)
     rank_of = torch.empty(n, dtype=torch.long)
-    rank_of[torch.argsort(-argmax_counts, stable=True)] = torch.arange(n)
-    kelly = torch.tensor([[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY], dtype=torch.float)
+    rank_of[torch.argsort(-counts, stable=True)] = torch.arange(n)
+    kelly = torch.tensor([[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY]).float()
     r = torch.arange(n, dtype=torch.float)
-    h, s, v = (r * 0.618034) % 1, torch.full_like(r, 0.6), 0.95 - 0.3 * (r % 2)
-    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * h[:, None]) % 6  # HSV -> RGB, (n, 3)
-    hsv = 255 * (v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))
+    hue = (r * 0.618034) % 1
+    sat = torch.full_like(r, 0.6)
+    val = 0.95 - 0.3 * (r % 2)
+    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * hue[:, None]) % 6  # HSV -> RGB, (n, 3)
+    hsv = 255 * (val[:, None] - val[:, None] * sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))
     palette = torch.cat([kelly, hsv[len(kelly):]])[:n]
     return palette[rank_of].round().to(torch.uint8)
 
 
-def object_map_grid(images: torch.Tensor, object_ids: torch.Tensor, colours: torch.Tensor,
-                    scale: int) -> torch.Tensor:
-    """uint8 (3, H, W): pairs [image | its patch grid coloured by object], PAIRS_PER_ROW per row.
-    images (n, 3, S, S) normalized, shown min-max per image; object_ids (n, N) patch argmaxes."""
-    n, size = len(images), images.shape[-1]
-    lo, hi = images.amin((1, 2, 3), keepdim=True), images.amax((1, 2, 3), keepdim=True)
-    shown = ((images - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
-    shown = shown.repeat_interleave(scale, 2).repeat_interleave(scale, 3)  # (n, 3, S*sc, S*sc)
-    g = math.isqrt(object_ids.shape[1])  # patches per side (row-major, as vit.PatchEmbed)
-    maps = colours[object_ids].view(n, g, g, 3).permute(0, 3, 1, 2)  # (n, 3, g, g)
-    cell = size * scale // g
-    maps = maps.repeat_interleave(cell, 2).repeat_interleave(cell, 3)
-    gap = torch.full((n, 3, size * scale, PAIR_GAP), 255, dtype=torch.uint8)
-    pairs = torch.cat([shown, gap, maps], dim=3)
-    return make_grid(pairs, nrow=PAIRS_PER_ROW, padding=PADDING, pad_value=255)
+
+# ----------------------------------------------------------------------------- one pass
+def collect(model, loader, device, autocast) -> dict:
+    """One pass of an LLB `model` (eval mode) over `loader`: per image the features c_v, c_n
+    (feat_v, feat_n: (n, D)), labels y and predicted classes pred_v, pred_n, pred_o (n,); per
+    object its argmax count and summed assignment (O,); the first image of each of the first
+    NUM_IMAGES classes met (images (m, 3, S, S), image_objects (m, N) patch argmaxes,
+    image_index (m,) its position in y)."""
+    num_objects = model.config.num_objects
+    counts = torch.zeros(num_objects, dtype=torch.long)
+    assign_sum = torch.zeros(num_objects, dtype=torch.float64)
+    keep = {k: [] for k in ("feat_v", "feat_n", "pred_v", "pred_n", "pred_o", "y")}
+    picked = {}  # label -> (image, patch object ids, position), first image met of each class
+    seen = 0
+    with torch.no_grad():
+        for x, y in tqdm(loader, desc="analyze", leave=False):
+            with autocast:
+                out = model(x.to(device))
+            ids = out.assign.argmax(-1).cpu()  # (B, N)
+            counts += torch.bincount(ids.flatten(), minlength=num_objects)
+            assign_sum += out.assign.double().sum((0, 1)).cpu()
+            keep["feat_v"].append(out.feat_v.float().cpu())
+            keep["feat_n"].append(out.feat_n.float().cpu())
+            keep["pred_v"].append(out.logits_v.argmax(1).cpu())
+            keep["pred_n"].append(out.logits_n.argmax(1).cpu())
+            keep["pred_o"].append(out.probs.argmax(1).cpu())
+            keep["y"].append(y.cpu())
+            for i, label in enumerate(y.tolist()):
+                if len(picked) < NUM_IMAGES and label not in picked:
+                    picked[label] = (x[i].float().cpu(), ids[i], seen + i)
+            seen += len(y)
+    collected = {name: torch.cat(v) for name, v in keep.items()}
+    collected["object_counts"] = counts
+    collected["assign_sum"] = assign_sum
+    collected["images"] = torch.stack([p[0] for p in picked.values()])
+    collected["image_objects"] = torch.stack([p[1] for p in picked.values()])
+    collected["image_index"] = torch.tensor([p[2] for p in picked.values()])
+    return collected
 
 
-def write_png(image: torch.Tensor, path) -> None:
-    """uint8 (3, H, W) to a PNG, exactly (save_image: no deprecated torchvision.io encoder)."""
-    save_image(image.float() / 255, path)
+# ----------------------------------------------------------------------------- the report
+def latent_objects_picture(c: dict, *, info, checkpoint_path, num_objects: int, usage: dict,
+                           run_dir: Path) -> None:
+    """latent_objects.png (labelled) and latent_objects.txt (its legend as text)."""
+    counts = c["object_counts"]
+    colours = object_colours(counts)
+    scale = max(1, math.ceil(MIN_IMAGE_PX / info.image_size))
+    tiles = plots.patch_pairs(c["images"], c["image_objects"], colours, scale=scale)
+    g = math.isqrt(c["image_objects"].shape[1])
+    names = info.class_names
+
+    def said(head, i):
+        pred = int(c[head][i])
+        return f"{names[pred]} ({'right' if pred == int(c['y'][i]) else 'WRONG'})"
+    captions = [[f"class {int(c['y'][i])}: {names[int(c['y'][i])]}",
+                 *(f"{HEADS[h]}: {said(PREDICTION[h], i)}" for h in HEADS)]
+                for i in c["image_index"].tolist()]
+    share = counts.double() / counts.sum()
+    ranked = torch.argsort(-counts, stable=True)[:LEGEND_OBJECTS].tolist()
+    top = [o for o in ranked if counts[o] > 0]
+    items = [(colours[o].tolist(), f"object {o}: {100 * share[o]:.1f}%") for o in top]
+    title = (f"Latent objects (LLB step 1) of {checkpoint_path}, {info.name} validation split: "
+             f"each image (left) beside its {g}x{g} patches (right), each patch coloured by the "
+             f"latent object it is assigned to (argmax of p^i over {num_objects} objects). "
+             f"The same colour is the same object in every image.")
+    notes = (f"Legend: the {len(top)} most used objects and their share of all validation patches; "
+             f"{usage['used']} of {num_objects} objects are used, the others in use get other "
+             f"hues. "
+             f"Perplexity of the mean assignment: {usage['perplexity']:.1f} (effective number of "
+             f"objects). Under each image: its class, then the prediction of the ViT head p_V, the "
+             f"LLB head p_N and the integrated p_O.")
+    image, _ = plots.tile_figure(tiles, captions=captions, title=title, columns=PAIRS_PER_ROW,
+                                 legend_items=items, notes=notes)
+    plots.save(image, run_dir / "latent_objects.png")
+    side = info.image_size * scale
+    lines = [f"latent_objects.png: {len(tiles)} validation images of {info.name} (the first of "
+             f"each class met), each shown min-max normalized at {side} px (x{scale}, nearest) "
+             f"beside its {g}x{g} patch grid coloured by the argmax latent object of each patch "
+             f"(LLB step 1, {num_objects} objects). {PAIRS_PER_ROW} [image | objects] pairs per "
+             f"row, left to right:",
+             *(f"  {k + 1}. class {int(c['y'][i])} ({names[int(c['y'][i])]})"
+               for k, i in enumerate(c["image_index"].tolist())),
+             f"objects used as an argmax on the validation set: {usage['used']} of {num_objects}; "
+             f"perplexity of the mean assignment: {usage['perplexity']:.2f}",
+             "most used objects (colours: ranks beyond 20 get golden-angle hues):",
+             f"{'object':>8}  {'RGB':<16}{'share of patches':>18}",
+             *(f"{o:>8}  {str(tuple(colours[o].tolist())):<16}{100 * share[o]:>17.2f}%"
+               for o in top)]
+    (run_dir / "latent_objects.txt").write_text("\n".join(lines) + "\n")
+
+
+def centroid_picture(sim: torch.Tensor, *, space: str, info, checkpoint_path, order: list,
+                     superclass: dict | None, run_dir: Path) -> None:
+    """centroids_<space>.png: the (K, K) cosine matrix in `order`, labelled."""
+    groups = [info.coarse_of_class[c] for c in order] if info.coarse_of_class else None
+    feature, where = SPACES[space]
+    title = (f"Class centroids in {where}, of {checkpoint_path} on the {info.name} validation "
+             f"split: cosine similarity of the mean {feature} of each class's images.")
+    notes = "Rows and columns: the same classes in the same order"
+    if groups:
+        notes += ", grouped by superclass (black lines between superclasses, named on the left)"
+    if superclass and None not in superclass.values():
+        notes += ("; mean cosine within / across superclasses: {within:.3f} / {across:.3f}"
+                  .format(**superclass))
+    notes += "."
+    if len(order) > plots.MAX_NAMED:
+        notes += (" Too many classes to name: numbers are positions in analysis.json's "
+                  "heatmap_classes.")
+    if sim.isnan().any():
+        notes += " Grey: a class without validation images."
+    image, _ = plots.heatmap_figure(sim[order][:, order], title=title,
+                                    labels=[f"{c}: {info.class_names[c]}" for c in order],
+                                    groups=groups, group_names=info.coarse_names, notes=notes)
+    plots.save(image, run_dir / f"centroids_{space}.png")
+
+
+def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> dict:
+    """The pictures, latent_objects.txt and analysis.json of `collect`'s output in `run_dir`,
+    and a printed summary; returns what analysis.json holds."""
+    c = collected
+    run_dir = Path(run_dir)
+    y = c["y"]
+    num_classes = info.num_classes
+    num_objects = model.config.num_objects
+    usage = object_usage(c["object_counts"], c["assign_sum"])
+    latent_objects_picture(c, info=info, checkpoint_path=checkpoint_path, num_objects=num_objects,
+                           usage=usage, run_dir=run_dir)
+
+    # class centroids in the visual and non-visual spaces
+    order = class_order(num_classes, info.coarse_of_class)
+    mean_sim = {}
+    superclass = {} if info.coarse_of_class else None
+    for space, (feature, _) in SPACES.items():
+        sim = cosine_matrix(class_centroids(c[feature], y, num_classes))
+        off = ~torch.eye(num_classes, dtype=torch.bool) & ~sim.isnan()
+        mean_sim[space] = sim[off].double().mean().item() if off.any() else None
+        within_across = None
+        if superclass is not None:
+            within_across = superclass_similarity(sim, info.coarse_of_class)
+            superclass[space] = within_across
+        centroid_picture(sim, space=space, info=info, checkpoint_path=checkpoint_path, order=order,
+                         superclass=within_across, run_dir=run_dir)
+
+    # agreement of the heads
+    agree = agreement(c["pred_v"], c["pred_n"], y)
+    top1 = {h: 100 * (c[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
+    groups = [info.coarse_of_class[k] for k in order] if info.coarse_of_class else None
+    coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
+    results = {"checkpoint": str(checkpoint_path), "dataset": info.name, "val_images": len(y),
+               "object_usage": usage, "top1": top1, "agreement": agree,
+               "mean_centroid_similarity": mean_sim, "superclass_similarity": superclass,
+               "heatmap_classes": [info.class_names[k] for k in order],
+               "heatmap_superclasses": coarse_names}
+    (run_dir / "analysis.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_summary(results, run_dir)
+    return results
+
+
+def print_summary(results: dict, run_dir: Path) -> None:
+    usage = results["object_usage"]
+    agree = results["agreement"]
+    superclass = results["superclass_similarity"]
+    print(f"\n{results['checkpoint']} on {results['dataset']} validation ({results['val_images']} "
+          f"images); files in {run_dir}/")
+    print(f"latent objects used: {usage['used']} of {usage['num_objects']}, perplexity "
+          f"{usage['perplexity']:.2f}")
+    print("top-1: " + "  ".join(f"{HEADS[h]} {v:.2f}" for h, v in results["top1"].items()))
+    print(f"{'p_V vs p_N':<16}{'images':>8}{'%':>8}")
+    for name, count in agree["counts"].items():
+        print(f"{name.replace('_', ' '):<16}{count:>8}{agree['percent'][name]:>8.2f}")
+    for space, mean in results["mean_centroid_similarity"].items():
+        print(f"{space} class centroids: mean cosine {mean:.3f}" + (
+            "  within / across superclasses {within:.3f} / {across:.3f}".format(**superclass[space])
+            if superclass and None not in superclass[space].values() else ""))
 
 
 # ----------------------------------------------------------------------------- the command
 def run(args, device) -> dict:
     """`train.py --analyze CKPT`: one pass over the validation split, files next to CKPT.
     Single process: under --gpus N / torchrun, rank 0 does it all and the others return {}."""
+    import train  # Note: the old --analyze path; train.py imports this module inside main()
     if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return {}
     ckpt = checkpoint.load_checkpoint(args.analyze)
@@ -180,89 +321,12 @@ def run(args, device) -> dict:
     _, val_loader, info = train.build_data(args)
     if ckpt["dataset"] != info.name or ckpt["vit_config"]["image_size"] != info.image_size:
         raise ValueError(f"{args.analyze} was trained on {ckpt['dataset']} at "
-                         f"{ckpt['vit_config']['image_size']} px, but the options give {info.name} at "
-                         f"{info.image_size} px: pass the data options used for training")
-    model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.analyze)
+                         f"{ckpt['vit_config']['image_size']} px, but the options give "
+                         f"{info.name} at {info.image_size} px: pass the data options used for "
+                         f"training")
+    model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes,
+                                             source=args.analyze)
     model.to(device).eval()
-    autocast = train.autocast_for(args, device)
-    O, K = model.config.num_objects, info.num_classes
-    counts, assign_sum = torch.zeros(O, dtype=torch.long), torch.zeros(O, dtype=torch.float64)
-    keep = {k: [] for k in ("feat_v", "feat_n", "pred_v", "pred_n", "pred_o", "y")}
-    picked = {}  # label -> (image, patch object ids), first image met of each class
-    with torch.no_grad():
-        for x, y in tqdm(val_loader, desc="analyze", leave=False):
-            with autocast:
-                out = model(x.to(device))
-            ids = out.assign.argmax(-1).cpu()  # (B, N)
-            counts += torch.bincount(ids.flatten(), minlength=O)
-            assign_sum += out.assign.double().sum((0, 1)).cpu()
-            for name, t in (("feat_v", out.feat_v), ("feat_n", out.feat_n), ("y", y),
-                            ("pred_v", out.logits_v.argmax(1)), ("pred_n", out.logits_n.argmax(1)),
-                            ("pred_o", out.probs.argmax(1))):
-                keep[name].append(t.float().cpu() if name.startswith("feat") else t.cpu())
-            for i, label in enumerate(y.tolist()):
-                if len(picked) < NUM_IMAGES and label not in picked:
-                    picked[label] = (x[i].float().cpu(), ids[i])
-    k = {name: torch.cat(v) for name, v in keep.items()}
-    y, total = k["y"], len(k["y"])
-    run_dir = Path(args.analyze).parent
-
-    # 1-2. latent objects: picture, legend, usage
-    colours = object_colours(counts)
-    scale = max(1, math.ceil(MIN_IMAGE_PX / info.image_size))
-    labels = list(picked)
-    grid = object_map_grid(torch.stack([picked[c][0] for c in labels]),
-                           torch.stack([picked[c][1] for c in labels]), colours, scale)
-    write_png(grid, run_dir / "latent_objects.png")
-    usage = object_usage(counts, assign_sum)
-    share = counts.double() / counts.sum()
-    top = torch.argsort(-counts, stable=True)[:20].tolist()
-    side, g = info.image_size * scale, math.isqrt(model.backbone.config.num_patches)
-    lines = [f"latent_objects.png: {len(labels)} validation images of {info.name} (the first of each "
-             f"class met), each shown min-max normalized at {side} px (x{scale}, nearest) beside its "
-             f"{g}x{g} patch grid coloured by the argmax latent object of each patch (LLB step 1, "
-             f"{O} objects). {PAIRS_PER_ROW} [image | objects] pairs per row, left to right:",
-             *(f"  {i + 1}. class {c} ({info.class_names[c]})" for i, c in enumerate(labels)),
-             f"objects used as an argmax on the validation set: {usage['used']} of {O}; perplexity "
-             f"of the mean assignment: {usage['perplexity']:.2f}",
-             "most used objects (colours: ranks beyond 20 get golden-angle hues):",
-             f"{'object':>8}  {'RGB':<16}{'share of patches':>18}",
-             *(f"{o:>8}  {str(tuple(colours[o].tolist())):<16}{100 * share[o]:>17.2f}%"
-               for o in top if counts[o] > 0)]
-    (run_dir / "latent_objects.txt").write_text("\n".join(lines) + "\n")
-
-    # 3-4. class centroids in the visual and non-visual spaces
-    order = class_order(K, info.coarse_of_class)
-    groups = [info.coarse_of_class[c] for c in order] if info.coarse_of_class else None
-    mean_sim, superclass = {}, {} if info.coarse_of_class else None
-    for space, feat in (("visual", k["feat_v"]), ("nonvisual", k["feat_n"])):
-        sim = cosine_matrix(class_centroids(feat, y, K))
-        write_png(similarity_picture(sim[order][:, order], groups), run_dir / f"centroids_{space}.png")
-        off = ~torch.eye(K, dtype=torch.bool) & ~sim.isnan()
-        mean_sim[space] = sim[off].double().mean().item() if off.any() else None
-        if superclass is not None:
-            superclass[space] = superclass_similarity(sim, info.coarse_of_class)
-
-    # 5. agreement of the heads
-    agree = agreement(k["pred_v"], k["pred_n"], y)
-    top1 = {h: 100 * (k[p] == y).double().mean().item()
-            for h, p in (("visual", "pred_v"), ("nonvisual", "pred_n"), ("integrated", "pred_o"))}
-    coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
-    results = {"checkpoint": str(args.analyze), "dataset": info.name, "val_images": total,
-               "object_usage": usage, "top1": top1, "agreement": agree,
-               "mean_centroid_similarity": mean_sim, "superclass_similarity": superclass,
-               "heatmap_classes": [info.class_names[c] for c in order],
-               "heatmap_superclasses": coarse_names}
-    (run_dir / "analysis.json").write_text(json.dumps(results, indent=2) + "\n")
-
-    print(f"\n{args.analyze} on {info.name} validation ({total} images); files in {run_dir}/")
-    print(f"latent objects used: {usage['used']} of {O}, perplexity {usage['perplexity']:.2f}")
-    print("top-1: " + "  ".join(f"{train.HEADS[h]} {v:.2f}" for h, v in top1.items()))
-    print(f"{'p_V vs p_N':<16}{'images':>8}{'%':>8}")
-    for name, c in agree["counts"].items():
-        print(f"{name.replace('_', ' '):<16}{c:>8}{agree['percent'][name]:>8.2f}")
-    for space in mean_sim:
-        print(f"{space} class centroids: mean cosine {mean_sim[space]:.3f}" + (
-            "  within / across superclasses {within:.3f} / {across:.3f}".format(**superclass[space])
-            if superclass and None not in superclass[space].values() else ""))
-    return results
+    collected = collect(model, val_loader, device, train.autocast_for(args, device))
+    return write_report(collected, info=info, checkpoint_path=args.analyze,
+                        run_dir=Path(args.analyze).parent, model=model)

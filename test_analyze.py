@@ -4,6 +4,7 @@ import json
 import math
 import re
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torchvision.io import decode_png, read_file
 
 import analyze
 import data
+import plots
 import train
 
 O = 16  # latent objects of the tiny run
@@ -22,8 +24,9 @@ def run_dir(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ~15 s; 2 threads on 2 busy cores spin-wait for minutes
     try:
-        train.main(["--dataset", "synthetic", "--model", "micro", "--epochs", "1", "--llb-epochs", "1",
-                    "--batch-size", "64", "--num-objects", str(O), "--device", "cpu", "--out-dir", str(out)])
+        train.main(["--dataset", "synthetic", "--model", "micro", "--epochs", "1",
+                    "--llb-epochs", "1", "--batch-size", "64", "--num-objects", str(O),
+                    "--device", "cpu", "--out-dir", str(out)])
         yield out
     finally:
         torch.set_num_threads(threads)
@@ -35,16 +38,31 @@ def png(path) -> torch.Tensor:
         return decode_png(read_file(str(path)))
 
 
+def dark(image: torch.Tensor) -> int:
+    """Pixels of (antialiased) black text: every channel <= 80."""
+    return int((image <= 80).all(0).sum())
+
+
 def test_analyze_end_to_end(run_dir):
     results = train.main(["--analyze", str(run_dir / "last.pt"), "--dataset", "synthetic",
                           "--device", "cpu", "--batch-size", "256"])
-    # 8 pairs of 32 px images x4 = 128 px: 2 rows of 4 [image | 2 px gap | map], 12 px padding
+    # 8 pairs of 32 px images x4 = 128 px in rows of 4 [image | 2 px gap | map] cells of
+    # 2 * MARGIN padding, inside two MARGINs (body, figure) each side
     side = 128
-    assert png(run_dir / "latent_objects.png").shape == (3, 2 * (side + 12) + 12, 4 * (2 * side + 2 + 12) + 12)
-    # K = 10 classes x 48 px = 480, then an 8 px gap and a 24 px colour bar
-    for space in ("visual", "nonvisual"):
-        assert png(run_dir / f"centroids_{space}.png").shape == (3, 480, 480 + 8 + 24)
+    margin = plots.MARGIN
+    objects = png(run_dir / "latent_objects.png")
+    assert objects.shape[2] == 4 * (2 * side + 2 + 2 * margin) + 4 * margin
+    assert objects.shape[1] > 2 * side + 100 and dark(objects[:, :40]) > 100  # the title
     legend = (run_dir / "latent_objects.txt").read_text()
+    rgb = [int(v) for v in re.search(r"^ +\d+  \((\d+), (\d+), (\d+)\)", legend, re.M).groups()]
+    swatch = (objects == torch.tensor(rgb, dtype=torch.uint8)[:, None, None]).all(0)
+    assert int(swatch.sum()) >= 8 * 8  # the most used object: its maps' patches, its swatch
+    # K = 10 classes x 48 px: the diagonal (cosine 1) is 10 red 48 x 48 squares
+    for space in ("visual", "nonvisual"):
+        heat = png(run_dir / f"centroids_{space}.png")
+        red = (heat == torch.tensor(plots.RED, dtype=torch.uint8)[:, None, None]).all(0)
+        assert int(red.sum()) >= 10 * 48 * 48 and heat.shape[2] > 480 + 200
+        assert dark(heat[:, :40]) > 100
     assert "share of patches" in legend and len(re.findall(r"^  \d\. class \d", legend, re.M)) == 8
 
     saved = json.loads((run_dir / "analysis.json").read_text())
@@ -57,7 +75,8 @@ def test_analyze_end_to_end(run_dir):
     assert sum(agree["percent"].values()) == pytest.approx(100)
     c = agree["counts"]
     assert saved["top1"]["visual"] == pytest.approx(100 * (c["both_right"] + c["only_visual"]) / n)
-    assert saved["top1"]["nonvisual"] == pytest.approx(100 * (c["both_right"] + c["only_nonvisual"]) / n)
+    nonvisual = 100 * (c["both_right"] + c["only_nonvisual"]) / n
+    assert saved["top1"]["nonvisual"] == pytest.approx(nonvisual)
     assert 0 <= saved["top1"]["integrated"] <= 100
     for value in saved["mean_centroid_similarity"].values():
         assert -1 <= value <= 1
@@ -89,10 +108,12 @@ def test_centroids_and_superclass_similarity():
     cent = analyze.class_centroids(features, labels, 5)
     assert torch.allclose(cent[:4], centre[:4]) and cent[4].isnan().all()
     sim = analyze.cosine_matrix(cent)
-    assert sim[0, 1].item() == pytest.approx(1 / (1 + b * b)) and sim[0, 2].item() == pytest.approx(0, abs=1e-7)
+    assert sim[0, 1].item() == pytest.approx(1 / (1 + b * b))
+    assert sim[0, 2].item() == pytest.approx(0, abs=1e-7)
     assert sim[4].isnan().all() and sim[:, 4].isnan().all()
     result = analyze.superclass_similarity(sim, coarse)
-    assert result["within"] == pytest.approx(1 / (1 + b * b)) and result["across"] == pytest.approx(0, abs=1e-7)
+    assert result["within"] == pytest.approx(1 / (1 + b * b))
+    assert result["across"] == pytest.approx(0, abs=1e-7)
     assert analyze.superclass_similarity(sim[:3, :3], [0, 1, 2])["within"] is None  # no such pair
 
 
@@ -121,26 +142,6 @@ def test_object_usage():
     assert analyze.object_usage(counts, half)["perplexity"] == pytest.approx(2 ** 1.5)
 
 
-def test_heatmap_colours():
-    img = analyze.heatmap(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]), scale=3)
-    assert img.dtype == torch.uint8 and img.shape == (3, 6, 6)
-    for (i, j), colour in {(0, 0): analyze.BLUE, (0, 1): analyze.WHITE, (1, 0): analyze.RED,
-                           (1, 1): analyze.GREY}.items():
-        assert img[:, 3 * i:3 * i + 3, 3 * j:3 * j + 3].flatten(1).T.tolist() == [list(colour)] * 9
-    half = analyze.heatmap(torch.tensor([[0.5]]))[:, 0, 0].tolist()
-    assert half == [round((255 + c) / 2) for c in analyze.RED]
-
-
-def test_similarity_picture_marks_superclasses():
-    sim = torch.zeros(4, 4)
-    img = analyze.similarity_picture(sim, groups=[0, 0, 1, 1])
-    scale = math.ceil(analyze.HEATMAP_PX / 4)
-    assert img.shape == (3, 4 * scale, 4 * scale + analyze.BAR_GAP + analyze.BAR_WIDTH)
-    assert (img[:, 2 * scale, :4 * scale] == 0).all() and (img[:, :, 2 * scale] == 0).all()
-    assert (img[:, scale, :2 * scale] == 255).all()  # no line inside a superclass
-    assert img[:, 0, -1].tolist() == list(analyze.RED) and img[:, -1, -1].tolist() == list(analyze.BLUE)
-
-
 def test_object_colours():
     counts = torch.tensor([0, 9, 3, 9, 1] + [0] * 40)
     colours = analyze.object_colours(counts)
@@ -151,16 +152,42 @@ def test_object_colours():
     assert len({tuple(c) for c in colours.tolist()}) == 45  # all distinct here
 
 
-def test_object_map_grid():
-    images = torch.randn(3, 3, 8, 8)  # 8 px images, patch 4: 2 x 2 patches
-    ids = torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3], [1, 0, 0, 1]])
-    colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], dtype=torch.uint8)
-    grid = analyze.object_map_grid(images, ids, colours, scale=2)
-    side, pad, gap = 16, analyze.PADDING, analyze.PAIR_GAP
-    assert grid.shape == (3, side + 2 * pad, 3 * (2 * side + gap + pad) + pad)  # one row of 3 pairs
-    left = pad + side + gap  # first pair's map
-    for patch in range(4):  # each patch is an 8 x 8 block of its object's colour
-        r, c = pad + 8 * (patch // 2), left + 8 * (patch % 2)
-        assert (grid[:, r:r + 8, c:c + 8] == colours[ids[0, patch]][:, None, None]).all()
-    shown = grid[:, pad:pad + side, pad:pad + side]  # min-max per image: 0 and 255 both present
-    assert shown.min() == 0 and shown.max() == 255
+def test_write_report_on_constructed_collect_output(tmp_path, capsys):
+    # 4 classes in superclasses [0, 0, 1, 1], two images each. Centroid of class c in both spaces:
+    # e_coarse + b e_(2 + c), so within a superclass cos = 1 / (1 + b^2) = 0.8, across 0.
+    coarse, b = [0, 0, 1, 1], 0.5
+    centre = torch.zeros(4, 8)
+    for c in range(4):
+        centre[c, coarse[c]] = 1.0
+        centre[c, 2 + c] = b
+    y = torch.tensor([0, 1, 2, 3] * 2)
+    pred_v = torch.tensor([0, 1, 2, 3, 1, 1, 2, 0])  # right: 0 1 2 3 5 6
+    pred_n = torch.tensor([0, 1, 0, 3, 1, 1, 3, 0])  # right: 0 1 3 5
+    counts = torch.tensor([6, 0, 2, 0])  # 8 patches: 2 x 2 per image, 2 images shown
+    collected = {"feat_v": centre[y], "feat_n": 2 * centre[y], "y": y, "pred_v": pred_v,
+                 "pred_n": pred_n, "pred_o": pred_v, "object_counts": counts,
+                 "assign_sum": counts.double(), "images": torch.randn(2, 3, 8, 8),
+                 "image_objects": torch.tensor([[0, 0, 2, 0], [0, 2, 0, 0]]),
+                 "image_index": torch.tensor([0, 5])}
+    info = data.DataInfo("toy", 4, 8, ["cat", "dog", "carp", "eel"], coarse_of_class=coarse,
+                         coarse_names=["mammals", "fish"])
+    model = SimpleNamespace(config=SimpleNamespace(num_objects=4))
+    results = analyze.write_report(collected, info=info, checkpoint_path="run/last.pt",
+                                   run_dir=tmp_path, model=model)
+    counts = results["agreement"]["counts"]
+    assert counts == {"both_right": 4, "only_visual": 2, "only_nonvisual": 0, "both_wrong": 2}
+    assert results["top1"] == {"visual": 75.0, "nonvisual": 50.0, "integrated": 75.0}
+    for space in ("visual", "nonvisual"):
+        assert results["superclass_similarity"][space]["within"] == pytest.approx(0.8)
+        assert results["superclass_similarity"][space]["across"] == pytest.approx(0, abs=1e-7)
+        heat = png(tmp_path / f"centroids_{space}.png")  # the 4 within-superclass cells, 120 px,
+        within = (heat == plots.diverging(torch.tensor([[0.8]]))[:, :1, :1]).all(0)
+        assert int(within.sum()) == 4 * 120 * 120 - 2 * 120  # less the fish's separator row/column
+    assert results["object_usage"] == {"num_objects": 4, "used": 2, "perplexity": pytest.approx(
+        math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))}
+    assert results["heatmap_superclasses"] == ["mammals", "mammals", "fish", "fish"]
+    assert json.loads((tmp_path / "analysis.json").read_text()) == json.loads(json.dumps(results))
+    legend = (tmp_path / "latent_objects.txt").read_text()
+    assert "  1. class 0 (cat)" in legend and "  2. class 1 (dog)" in legend
+    assert "within / across superclasses 0.800 / 0.000" in capsys.readouterr().out
+    assert png(tmp_path / "latent_objects.png").shape[0] == 3

@@ -1,0 +1,430 @@
+"""Pictures that explain themselves: text, a labelled heatmap with a colour bar, line charts.
+
+Everything is drawn with Pillow's ImageDraw and its built-in font (Pillow comes with
+torchvision: no plotting library). A figure carries its own title, axis labels, tick values and
+legend, so a PNG can be read without the code that wrote it. Figure builders return
+`(image, boxes)`: the PIL image and the pixel boxes (x0, y0, x1, y1) of its parts, which the
+tests use to check what was drawn where.
+
+    write_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title="...")
+"""
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.functional import to_pil_image
+
+TEXT = (0, 0, 0)  # text, frames, separators
+PAPER = (255, 255, 255)
+GRID = (225, 225, 225)  # a chart's grid lines
+# diverging colour map: BLUE at the low end (-1), WHITE at 0, RED at the high end (+1); GREY: NaN
+BLUE = (33, 102, 172)
+WHITE = (255, 255, 255)
+RED = (178, 24, 43)
+GREY = (128, 128, 128)
+# metrics.jsonl keys drawn by write_curves, their legend and their colour (Okabe-Ito)
+CURVES = {"top1_visual": ("p_V (ViT head)", (0, 114, 178)),
+          "top1_nonvisual": ("p_N (LLB head)", (213, 94, 0)),
+          "top1_integrated": ("p_O (integrated)", (0, 158, 115))}
+LOSS_COLOUR = (117, 112, 179)  # purple: not the black of the frame and text
+TITLE_SIZE = 15  # font sizes, px
+LABEL_SIZE = 12
+SMALL_SIZE = 11
+MARGIN = 12  # white around a figure
+GAP = 6  # between a label and what it labels
+HEATMAP_PX = 480  # a heatmap's side, at least
+MIN_CELL = 12  # px per class when classes are named: one line of SMALL_SIZE text
+MAX_NAMED = 120  # more classes: numbered ticks instead of names
+MAX_LABEL_PX = 200  # longer labels are cut with "..."
+BAR_WIDTH = 20
+PANEL_W = 420  # a chart's plot area
+PANEL_H = 260
+MARKERS_UP_TO = 40  # a dot on each epoch up to this many epochs
+
+
+# ----------------------------------------------------------------------------- text
+@lru_cache(maxsize=None)
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in font (Aileron) at `size` px."""
+    return ImageFont.load_default(size=size)
+
+
+def say(draw: ImageDraw.ImageDraw, xy: tuple, s: str, *, size: int = SMALL_SIZE,
+        anchor: str = "la") -> None:
+    """Text `s` in the text colour at xy (Pillow's anchors: "rm" = right end, vertical middle)."""
+    draw.text(xy, s, font=font(size), fill=TEXT, anchor=anchor)
+
+
+def line_height(size: int) -> int:
+    ascent, descent = font(size).getmetrics()
+    return ascent + descent
+
+
+def text_width(s: str, size: int) -> int:
+    return math.ceil(font(size).getlength(s))
+
+
+def fit(s: str, width: int, size: int) -> str:
+    """`s`, cut to `width` px with '...' when it is longer."""
+    if text_width(s, size) <= width:
+        return s
+    while s and text_width(s + "...", size) > width:
+        s = s[:-1]
+    return s + "..."
+
+
+def wrap(s: str, width: int, size: int) -> list[str]:
+    """Greedy word wrap of `s` into lines of at most `width` px (a too long word is cut)."""
+    lines = []
+    for paragraph in s.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and text_width(candidate, size) > width:
+                lines.append(fit(line, width, size))
+                candidate = word
+            line = candidate
+        lines.append(fit(line, width, size))
+    return lines
+
+
+def text_block(s: str, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
+    """`s` wrapped to `width` px on white, one line per `line_height`."""
+    lines = wrap(s, width, size)
+    step = line_height(size)
+    image = Image.new("RGB", (width, step * len(lines)), PAPER)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        say(draw, (0, i * step), line, size=size)
+    return image
+
+
+def stack(parts: list, *, gap: int = GAP) -> Image.Image:
+    """Images one below the other, left-aligned, `MARGIN` px of white around."""
+    width = max(p.width for p in parts) + 2 * MARGIN
+    height = sum(p.height for p in parts) + gap * (len(parts) - 1) + 2 * MARGIN
+    image = Image.new("RGB", (width, height), PAPER)
+    y = MARGIN
+    for p in parts:
+        image.paste(p, (MARGIN, y))
+        y += p.height + gap
+    return image
+
+
+def titled(body: Image.Image, title: str, notes: str = "") -> tuple[Image.Image, int]:
+    """`body` under its wrapped `title` (and over `notes`); returns the figure and body's top."""
+    width = max(body.width, 480)
+    head = text_block(title, width, size=TITLE_SIZE)
+    parts = [head, body] + ([text_block(notes, width, size=SMALL_SIZE)] if notes else [])
+    return stack(parts, gap=2 * GAP), MARGIN + head.height + 2 * GAP
+
+
+def save(image: Image.Image, path) -> None:
+    image.save(Path(path), format="PNG")
+
+
+def legend(items: list, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
+    """Colour swatches with their text, (rgb, text) pairs flowing left to right in rows."""
+    swatch = line_height(size) - 4
+    cells = [swatch + 4 + text_width(t, size) + 3 * GAP for _, t in items]
+    rows = [[]]
+    x = 0
+    for item, w in zip(items, cells):
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x = 0
+        rows[-1].append((item, x))
+        x += w
+    step = line_height(size) + 2
+    image = Image.new("RGB", (width, step * len(rows)), PAPER)
+    draw = ImageDraw.Draw(image)
+    for r, row in enumerate(rows):
+        for (rgb, t), x in row:
+            y = r * step
+            box = (x, y + 2, x + swatch - 1, y + 1 + swatch)
+            draw.rectangle(box, fill=tuple(rgb), outline=TEXT)
+            say(draw, (x + swatch + 4, y), t, size=size)
+    return image
+
+
+# ----------------------------------------------------------------------------- colours
+def diverging(values: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """uint8 (3, H*scale, W*scale) of values (H, W) in [-1, 1]: BLUE (-1) - WHITE (0) - RED (+1),
+    linear in between, NaN GREY; each value a scale x scale block."""
+    v = values.float().clamp(-1, 1)  # (H, W)
+    white = torch.tensor(WHITE, dtype=torch.float)
+    ends = torch.tensor([BLUE, RED], dtype=torch.float)
+    rgb = white + (ends[(v > 0).long()] - white) * v.abs()[..., None]  # (H, W, 3)
+    rgb[values.isnan()] = torch.tensor(GREY, dtype=torch.float)
+    image = rgb.round().to(torch.uint8).permute(2, 0, 1)  # (3, H, W)
+    return image.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+
+def patch_pairs(images: torch.Tensor, patch_ids: torch.Tensor, colours: torch.Tensor, *,
+                scale: int, gap: int = 2) -> torch.Tensor:
+    """uint8 (n, 3, S*scale, 2*S*scale + gap): each image [shown | gap | its patch grid, each patch
+    filled with colours[id]]. images (n, 3, S, S) any range, shown min-max per image; patch_ids
+    (n, N) row-major (as vit.PatchEmbed), N a square."""
+    n, size = len(images), images.shape[-1]
+    lo = images.amin((1, 2, 3), keepdim=True)
+    hi = images.amax((1, 2, 3), keepdim=True)
+    shown = ((images - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
+    shown = shown.repeat_interleave(scale, 2).repeat_interleave(scale, 3)  # (n, 3, S*sc, S*sc)
+    g = math.isqrt(patch_ids.shape[1])  # patches per side
+    maps = colours[patch_ids].view(n, g, g, 3).permute(0, 3, 1, 2)  # (n, 3, g, g)
+    cell = size * scale // g
+    maps = maps.repeat_interleave(cell, 2).repeat_interleave(cell, 3)  # (n, 3, S*sc, S*sc)
+    white = torch.full((n, 3, size * scale, gap), 255, dtype=torch.uint8)
+    return torch.cat([shown, white, maps], dim=3)
+
+
+# ----------------------------------------------------------------------------- heatmap
+def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi], about `count` intervals."""
+    if hi <= lo:  # one value: a unit around it
+        pad = abs(lo) * 0.05 if lo else 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+    if integer:
+        step = max(1, round(step))
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def tick_text(value: float, ticks: list) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:.{decimals}f}"
+
+
+def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: list | None = None,
+                   group_names: list | None = None, bar_title: str = "cosine",
+                   notes: str = "") -> tuple[Image.Image, dict]:
+    """A (K, K) matrix in [-1, 1] as a titled heatmap: row and column labels (`labels`, in row
+    order; for K > MAX_NAMED, numbered ticks instead), black lines where `groups` (a group id
+    per row) changes, group names beside the rows, a colour bar marked -1, 0, +1 in the
+    `diverging` colours. Boxes: heatmap, bar, row_labels, col_labels, groups, title."""
+    k = len(values)
+    named = k <= MAX_NAMED
+    cell = max(MIN_CELL if named else 1, math.ceil(HEATMAP_PX / k))
+    side = k * cell
+    cells = diverging(values, cell)  # (3, side, side)
+    starts = [i for i in range(1, k) if groups and groups[i] != groups[i - 1]]
+    for i in starts:  # group separators across the whole matrix
+        cells[:, i * cell, :] = 0
+        cells[:, :, i * cell] = 0
+    size = SMALL_SIZE if named else LABEL_SIZE
+    ticks = range(k) if named else nice_ticks(0, k - 1, count=10, integer=True)[:-1]
+    texts = {int(i): fit(labels[int(i)], MAX_LABEL_PX, size) if named else str(int(i))
+             for i in ticks}
+    label_w = max(text_width(t, size) for t in texts.values()) + GAP
+
+    # group names beside the rows, each centred on its span, a bracket along the span
+    spans = []
+    if groups:
+        edges = [0] + starts + [k]
+        spans = [(a, b, str(group_names[groups[a]]) if group_names else str(groups[a]))
+                 for a, b in zip(edges[:-1], edges[1:])]
+    group_w = max([text_width(fit(t, MAX_LABEL_PX, SMALL_SIZE), SMALL_SIZE) for *_, t in spans],
+                  default=-2 * GAP) + 2 * GAP
+    bar_h = side - (side + 1) % 2  # odd: its middle row is exactly 0
+    bar_text_w = text_width(bar_title, SMALL_SIZE)
+    width = group_w + label_w + side + 2 * GAP + BAR_WIDTH + GAP + max(bar_text_w, 24)
+    top = label_w + GAP  # column labels: the row labels turned 90 degrees
+    body = Image.new("RGB", (width, top + side + line_height(SMALL_SIZE) // 2), PAPER)
+    draw = ImageDraw.Draw(body)
+    x_map = group_w + label_w
+    body.paste(to_pil_image(cells), (x_map, top))
+
+    # row labels, right-aligned against the heatmap; column labels the same, turned
+    pad = line_height(size) // 2  # room for the half of a label beyond the first and last cell
+    column = Image.new("RGB", (label_w, side + 2 * pad), PAPER)
+    column_draw = ImageDraw.Draw(column)
+    for i, t in texts.items():
+        y = i * cell + cell / 2
+        say(draw, (x_map - GAP, top + y), t, size=size, anchor="rm")
+        say(column_draw, (GAP, pad + y), t, size=size, anchor="lm")
+    body.paste(column.rotate(90, expand=True), (x_map - pad, 0))  # row i -> column i, upwards
+    for a, b, name in spans:
+        y0 = top + a * cell + 1
+        y1 = top + b * cell - 2
+        draw.line((group_w - GAP, y0, group_w - GAP, y1), fill=TEXT)
+        if y1 - y0 >= line_height(SMALL_SIZE) - 2:  # room for the name
+            say(draw, (group_w - 2 * GAP, top + (a + b) * cell / 2),
+                fit(name, MAX_LABEL_PX, SMALL_SIZE), anchor="rm")
+
+    # colour bar: +1 at the top row, 0 in the middle row, -1 at the bottom row
+    x_bar = x_map + side + 2 * GAP
+    bar = diverging(torch.linspace(1, -1, bar_h)[:, None].expand(bar_h, BAR_WIDTH))
+    body.paste(to_pil_image(bar), (x_bar, top))
+    say(draw, (x_bar, top - GAP), bar_title, anchor="ld")
+    for value, t in ((1, "+1"), (0, "0"), (-1, "-1")):
+        y = top + round((1 - value) / 2 * (bar_h - 1))
+        draw.line((x_bar + BAR_WIDTH, y, x_bar + BAR_WIDTH + 3, y), fill=TEXT)
+        say(draw, (x_bar + BAR_WIDTH + GAP, y), t, anchor="lm")
+
+    image, y_body = titled(body, title, notes)
+    x0 = MARGIN
+    boxes = {"title": (x0, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
+             "heatmap": (x0 + x_map, y_body + top, x0 + x_map + side, y_body + top + side),
+             "bar": (x0 + x_bar, y_body + top, x0 + x_bar + BAR_WIDTH, y_body + top + bar_h),
+             "row_labels": (x0 + group_w, y_body + top, x0 + x_map, y_body + top + side),
+             "col_labels": (x0 + x_map, y_body, x0 + x_map + side, y_body + top),
+             "groups": (x0, y_body + top, x0 + group_w, y_body + top + side)}
+    return image, boxes
+
+
+# ----------------------------------------------------------------------------- image grid
+def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int,
+                legend_items: list = (), notes: str = "") -> tuple[Image.Image, dict]:
+    """uint8 tiles (n, 3, h, w) in a grid of `columns`, each over its caption lines (`captions`,
+    a list of lines per tile), then a legend of (rgb, text) swatches. Boxes: tiles (a list),
+    captions (a list), legend, title."""
+    n, _, h, w = tiles.shape
+    step = line_height(SMALL_SIZE)
+    lines = max(len(c) for c in captions)
+    cell_w = w + 2 * MARGIN
+    cell_h = h + GAP + lines * step + MARGIN
+    rows = math.ceil(n / columns)
+    grid = Image.new("RGB", (columns * cell_w, rows * cell_h), PAPER)
+    draw = ImageDraw.Draw(grid)
+    tile_boxes, caption_boxes = [], []
+    for i in range(n):
+        x = (i % columns) * cell_w
+        y = (i // columns) * cell_h
+        grid.paste(to_pil_image(tiles[i]), (x, y))
+        for j, line in enumerate(captions[i]):
+            say(draw, (x, y + h + GAP + j * step), fit(line, w, SMALL_SIZE))
+        tile_boxes.append((x, y, x + w, y + h))
+        caption_boxes.append((x, y + h + GAP, x + w, y + h + GAP + lines * step))
+    parts = [grid]
+    if legend_items:
+        parts.append(legend(list(legend_items), grid.width, size=SMALL_SIZE))
+    body = stack(parts, gap=GAP)
+    image, y_body = titled(body, title, notes)
+    shift = (2 * MARGIN, y_body + MARGIN)  # body's own margin inside the figure's
+
+    def moved(b):
+        return (b[0] + shift[0], b[1] + shift[1], b[2] + shift[0], b[3] + shift[1])
+    boxes = {"title": (MARGIN, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
+             "tiles": [moved(b) for b in tile_boxes], "captions": [moved(b) for b in caption_boxes],
+             "legend": moved((0, grid.height + GAP, grid.width, body.height - 2 * MARGIN))}
+    return image, boxes
+
+
+# ----------------------------------------------------------------------------- line charts
+def line_chart(series: list, *, y_title: str, x_title: str = "epoch",
+               y_limits: tuple = (-math.inf, math.inf)) -> tuple[Image.Image, dict]:
+    """One chart: series [(colour, xs, ys)] as lines (and dots when few points) over a
+    PANEL_W x PANEL_H plot area with a frame, round ticks, grid lines and axis titles; y ticks
+    clipped to y_limits. Boxes: plot; ranges: x_range, y_range (the values at the plot's edges)."""
+    xs = [x for _, px, _ in series for x in px]
+    ys = [y for _, _, py in series for y in py]
+    x_range = (0, max(max(xs), 2))  # epoch 0: before training; one epoch sits mid-way
+    x_ticks = [t for t in nice_ticks(*x_range, integer=True) if t <= x_range[1]]
+    y_ticks = [t for t in nice_ticks(min(ys), max(ys)) if y_limits[0] <= t <= y_limits[1]]
+    y_labels = [tick_text(t, y_ticks) for t in y_ticks]
+    left = max(text_width(t, SMALL_SIZE) for t in y_labels) + GAP + line_height(LABEL_SIZE) + GAP
+    top = line_height(SMALL_SIZE) // 2
+    width = left + PANEL_W + text_width(tick_text(x_ticks[-1], x_ticks), SMALL_SIZE) // 2 + GAP
+    height = top + PANEL_H + GAP + 2 * line_height(SMALL_SIZE) + GAP
+    image = Image.new("RGB", (width, height), PAPER)
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = left, top, left + PANEL_W, top + PANEL_H
+
+    # the maps from values to pixels: x0..x1 spans x_range, y1..y0 the first to last y tick
+    def px(x):
+        return x0 + (x - x_range[0]) / (x_range[1] - x_range[0]) * (x1 - x0)
+
+    def py(y):
+        return y1 - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (y1 - y0)
+    for t, label in zip(y_ticks, y_labels):
+        draw.line((x0, py(t), x1, py(t)), fill=GRID)
+        say(draw, (x0 - GAP, py(t)), label, anchor="rm")
+    for t in x_ticks:
+        draw.line((px(t), y0, px(t), y1), fill=GRID)
+        say(draw, (px(t), y1 + GAP), tick_text(t, x_ticks), anchor="mt")
+    draw.rectangle((x0, y0, x1, y1), outline=TEXT)
+    say(draw, ((x0 + x1) / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    turned = Image.new("RGB", (PANEL_H, line_height(LABEL_SIZE)), PAPER)
+    say(ImageDraw.Draw(turned), (PANEL_H / 2, 0), y_title, size=LABEL_SIZE, anchor="ma")
+    image.paste(turned.rotate(90, expand=True), (0, y0))
+
+    # the data: lines between epochs, a dot on each when there are few
+    for colour, sx, sy in series:
+        points = [(px(x), py(y)) for x, y in zip(sx, sy)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points if len(points) <= MARKERS_UP_TO else ():
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    return image, {"plot": (x0, y0, x1, y1), "x_range": x_range,
+                   "y_range": (y_ticks[0], y_ticks[-1])}
+
+
+def read_metrics(path) -> list[dict]:
+    """The per-epoch records of a metrics.jsonl (lines with an "epoch"; others, such as the
+    {"recipe": ...} line, skipped). When the epoch number stops increasing, a new run started
+    in the same file: only the last run's records are kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such metrics file; train.py writes it into --out-dir "
+                                f"after the first epoch")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not JSON ({e.msg}); expected one JSON object "
+                             f"per line as train.py writes; delete or fix that line") from None
+        if "epoch" not in record:
+            continue
+        if records and record["epoch"] <= records[-1]["epoch"]:
+            records = []
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no line with an 'epoch' key; expected train.py's per-epoch "
+                         f"lines (epoch, train_loss, top1_visual, ...)")
+    return records
+
+
+def write_curves(metrics_path, png_path, *, title: str) -> dict:
+    """curves.png of a metrics.jsonl: train loss per epoch (left) and validation top-1 of p_V,
+    p_N, p_O per epoch (right, the heads the file has), with a legend. Returns the charts'
+    boxes (in the PNG's pixels) and ranges: {"loss": {...}, "top1": {...}}."""
+    records = read_metrics(metrics_path)
+    epochs = [r["epoch"] for r in records]
+    loss_chart, loss_boxes = line_chart([(LOSS_COLOUR, epochs, [r["train_loss"] for r in records])],
+                                        y_title="train loss")
+    heads = [key for key in CURVES if all(r.get(key) is not None for r in records)]
+    series = [(CURVES[key][1], epochs, [r[key] for r in records]) for key in heads]
+    top1_chart, top1_boxes = line_chart(series, y_title="validation top-1 (%)", y_limits=(0, 100))
+    x_top1 = loss_chart.width + 2 * MARGIN
+    charts = Image.new("RGB", (x_top1 + top1_chart.width, loss_chart.height), PAPER)
+    charts.paste(loss_chart, (0, 0))
+    charts.paste(top1_chart, (x_top1, 0))
+    items = [(LOSS_COLOUR, "train loss (left)")] + [(CURVES[k][1], CURVES[k][0]) for k in heads]
+    last = records[-1]
+    summary = f"last epoch {last['epoch']}: train loss {last['train_loss']:.3f}, validation top-1 "
+    summary += ", ".join(f"{CURVES[k][0].split(' ')[0]} {last[k]:.2f}%" for k in heads)
+    notes = ""
+    if min(r["train_loss"] for r in records) < 0:
+        notes = ("The train loss is below 0 where LLB's diversity term lambda L_div = "
+                 "-lambda H(p~) outweighs the cross-entropy.")
+    body = stack([charts, legend(items, charts.width)], gap=GAP)
+    image, y_body = titled(body, f"{title}\n{summary}", notes)
+    save(image, png_path)
+    x = 2 * MARGIN
+    y = y_body + MARGIN
+
+    def moved(chart, dx):
+        x0, y0, x1, y1 = chart["plot"]
+        return {**chart, "plot": (x0 + dx, y0 + y, x1 + dx, y1 + y)}
+    return {"loss": moved(loss_boxes, x), "top1": moved(top1_boxes, x + x_top1)}

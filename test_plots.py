@@ -1,0 +1,217 @@
+"""Tests for plots.py: colours, layout, that text lands in the label margins, and that the curves
+of a constructed metrics.jsonl hit the pixel rows their values map to."""
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+import plots
+
+
+def pixels(image) -> torch.Tensor:
+    """uint8 (3, H, W) of a PIL image or a PNG path."""
+    if not isinstance(image, Image.Image):
+        image = Image.open(image).convert("RGB")
+    return pil_to_tensor(image)
+
+
+def inked(t: torch.Tensor, box) -> int:
+    """Pixels in box (x0, y0, x1, y1) of the text colour; text is antialiased, so within 80 of
+    it per channel (the white paper is 255)."""
+    x0, y0, x1, y1 = box
+    part = t[:, y0:y1, x0:x1].int()
+    return int(((part - torch.tensor(plots.TEXT)[:, None, None]).abs() <= 80).all(0).sum())
+
+
+def of_colour(t: torch.Tensor, colour) -> torch.Tensor:
+    """(H, W) mask of the pixels exactly `colour`."""
+    return (t == torch.tensor(colour, dtype=torch.uint8)[:, None, None]).all(0)
+
+
+# ----------------------------------------------------------------------------- text and ticks
+def test_wrap_and_fit():
+    s = "the quick brown fox jumps over the lazy dog " * 6
+    lines = plots.wrap(s, 150, plots.LABEL_SIZE)
+    assert len(lines) > 3 and all(plots.text_width(line, plots.LABEL_SIZE) <= 150 for line in lines)
+    assert " ".join(lines).split() == s.split()  # every word kept, in order
+    cut = plots.fit("superclass large_omnivores_and_herbivores", 80, plots.SMALL_SIZE)
+    assert cut.endswith("...") and plots.text_width(cut, plots.SMALL_SIZE) <= 80
+    assert plots.fit("cat", 80, plots.SMALL_SIZE) == "cat"
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 100), (80.2, 85.9), (-1.603, -0.985), (0.02, 2.0), (3, 3)])
+def test_nice_ticks_cover_the_range_in_round_steps(lo, hi):
+    ticks = plots.nice_ticks(lo, hi)
+    step = ticks[1] - ticks[0]
+    assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) - 1 <= 12
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6
+    assert all(abs(b - a - step) < 1e-9 for a, b in zip(ticks, ticks[1:]))
+    assert plots.nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- colours
+def test_diverging_colours():
+    img = plots.diverging(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]), scale=3)
+    assert img.dtype == torch.uint8 and img.shape == (3, 6, 6)
+    for (i, j), colour in {(0, 0): plots.BLUE, (0, 1): plots.WHITE, (1, 0): plots.RED,
+                           (1, 1): plots.GREY}.items():
+        assert img[:, 3 * i:3 * i + 3, 3 * j:3 * j + 3].flatten(1).T.tolist() == [list(colour)] * 9
+    half = plots.diverging(torch.tensor([[0.5]]))[:, 0, 0].tolist()
+    assert half == [round((255 + c) / 2) for c in plots.RED]
+    assert plots.diverging(torch.tensor([[-7.0]]))[:, 0, 0].tolist() == list(plots.BLUE)  # clamped
+
+
+def test_patch_pairs():
+    images = torch.randn(3, 3, 8, 8)  # 8 px images, patch 4: 2 x 2 patches
+    ids = torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3], [1, 0, 0, 1]])
+    colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], dtype=torch.uint8)
+    pairs = plots.patch_pairs(images, ids, colours, scale=2, gap=2)
+    assert pairs.shape == (3, 3, 16, 16 + 2 + 16)
+    for patch in range(4):  # each patch is an 8 x 8 block of its object's colour
+        r = 8 * (patch // 2)
+        c = 18 + 8 * (patch % 2)
+        assert (pairs[0, :, r:r + 8, c:c + 8] == colours[ids[0, patch]][:, None, None]).all()
+    assert (pairs[:, :, :, 16:18] == 255).all()  # the white gap
+    shown = pairs[:, :, :, :16]  # min-max per image: 0 and 255 in each
+    assert (shown.amin((1, 2, 3)) == 0).all() and (shown.amax((1, 2, 3)) == 255).all()
+
+
+# ----------------------------------------------------------------------------- heatmap
+def test_heatmap_figure_labels_cells_separators_and_colour_bar():
+    values = torch.tensor([[1.0, 0.5, -0.5, 0.0], [0.5, 1.0, 0.0, -1.0],
+                           [-0.5, 0.0, 1.0, 0.25], [0.0, -1.0, 0.25, float("nan")]])
+    image, boxes = plots.heatmap_figure(values, title="Cosine of four classes", bar_title="cosine",
+                                        labels=["0: cat", "1: dog", "2: carp", "3: eel"],
+                                        groups=[0, 0, 1, 1], group_names=["mammals", "fish"])
+    t = pixels(image)
+    assert t.shape == (3, image.height, image.width)
+    x0, y0, x1, y1 = boxes["heatmap"]
+    cell = max(plots.MIN_CELL, math.ceil(plots.HEATMAP_PX / 4))  # 120 px per class
+    assert (x1 - x0, y1 - y0) == (4 * cell, 4 * cell)
+    for i in range(4):  # the centre of each cell has the value's colour
+        for j in range(4):
+            centre = t[:, y0 + i * cell + cell // 2, x0 + j * cell + cell // 2]
+            assert centre.tolist() == plots.diverging(values[i:i + 1, j:j + 1])[:, 0, 0].tolist()
+    assert (t[:, y0 + 2 * cell, x0:x1] == 0).all() and (t[:, y0:y1, x0 + 2 * cell] == 0).all()
+    assert (t[:, y0 + cell, x0 + 5:x0 + 2 * cell] != 0).any(0).all()  # no line inside a group
+    # colour bar: +1 RED at the top, 0 WHITE in the middle row, -1 BLUE at the bottom
+    bx0, by0, bx1, by1 = boxes["bar"]
+    assert (by1 - by0) % 2 == 1
+    middle = (by0 + by1 - 1) // 2
+    for row, colour in ((by0, plots.RED), (middle, plots.WHITE), (by1 - 1, plots.BLUE)):
+        assert t[:, row, bx0:bx1].T.tolist() == [list(colour)] * (bx1 - bx0)
+    ticks = (bx1, by0 - 8, image.width, by1 + 8)  # the "+1", "0", "-1" beside the bar
+    assert inked(t, ticks) > 20
+    for part in ("title", "row_labels", "col_labels", "groups"):
+        assert inked(t, boxes[part]) > 20, part
+
+
+def test_heatmap_figure_without_names_draws_no_label_text():
+    _, boxes = plots.heatmap_figure(torch.zeros(3, 3), title="x", labels=["0", "1", "2"])
+    image, empty = plots.heatmap_figure(torch.zeros(3, 3), title="x", labels=["", "", ""])
+    t = pixels(image)
+    assert inked(t, empty["row_labels"]) == 0 and inked(t, empty["col_labels"]) == 0
+    assert empty["groups"][2] - empty["groups"][0] == 0  # no groups: no group column
+
+
+def test_heatmap_figure_numbers_rows_when_too_many_classes():
+    k = plots.MAX_NAMED + 80
+    labels = [f"class {i}" for i in range(k)]
+    image, boxes = plots.heatmap_figure(torch.eye(k), title="many", labels=labels)
+    x0, y0, x1, y1 = boxes["heatmap"]
+    assert x1 - x0 == k * math.ceil(plots.HEATMAP_PX / k)
+    t = pixels(image)
+    row_box = boxes["row_labels"]
+    assert row_box[2] - row_box[0] < plots.text_width("class 100", plots.LABEL_SIZE)  # numbers only
+    assert inked(t, row_box) > 20 and inked(t, boxes["col_labels"]) > 20
+
+
+# ----------------------------------------------------------------------------- image grid
+def test_tile_figure_places_tiles_captions_and_legend():
+    tiles = torch.randint(0, 256, (5, 3, 40, 60), dtype=torch.uint8)
+    legend = [((255, 0, 0), "object 3: 40.0%"), ((0, 0, 255), "object 1: 20.0%")]
+    image, boxes = plots.tile_figure(tiles, captions=[[f"class {i}", "p_O: x"] for i in range(5)],
+                                     title="five tiles", columns=3, legend_items=legend)
+    t = pixels(image)
+    assert len(boxes["tiles"]) == 5
+    for i, (x0, y0, x1, y1) in enumerate(boxes["tiles"]):
+        assert torch.equal(t[:, y0:y1, x0:x1], tiles[i])  # pasted exactly
+        assert inked(t, boxes["captions"][i]) > 10
+    assert boxes["tiles"][3][1] > boxes["tiles"][2][3]  # 3 per row: the 4th starts a row
+    legend_part = t[:, boxes["legend"][1]:boxes["legend"][3], boxes["legend"][0]:boxes["legend"][2]]
+    assert of_colour(legend_part, (255, 0, 0)).sum() > 50
+    assert of_colour(legend_part, (0, 0, 255)).sum() > 50
+    assert inked(t, boxes["title"]) > 10
+
+
+# ----------------------------------------------------------------------------- curves
+def write_metrics(path, records, *, head_line=True):
+    lines = [json.dumps({"recipe": {"lr": 1e-3}})] if head_line else []
+    lines += [json.dumps(r) for r in records] + [""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_curves_hit_the_rows_of_known_values(tmp_path):
+    # loss 2.0 .. 0.5: y axis 0.5 .. 2.0; top-1 10 .. 100: y axis 0 .. 100; x axis epochs 0 .. 4
+    top1 = {"top1_visual": [20, 40, 60, 80], "top1_nonvisual": [10, 30, 50, 100],
+            "top1_integrated": [70, 90, 15, 35]}
+    records = [dict(epoch=e + 1, train_loss=2.0 - 0.5 * e, train_top1=0.0, top5_visual=100.0,
+                    **{k: float(v[e]) for k, v in top1.items()}) for e in range(4)]
+    write_metrics(tmp_path / "metrics.jsonl", records)
+    boxes = plots.write_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png",
+                               title="LLB stage")
+    t = pixels(tmp_path / "curves.png")
+    assert boxes["loss"]["y_range"] == (0.5, 2.0) and boxes["top1"]["y_range"] == (0, 100)
+    assert boxes["loss"]["x_range"] == (0, 4) and boxes["top1"]["x_range"] == (0, 4)
+
+    def check(chart, colour, values):
+        x0, y0, x1, y1 = boxes[chart]["plot"]
+        lo, hi = boxes[chart]["y_range"]
+        assert t[:, (y0 + y1) // 2, x0].tolist() == list(plots.TEXT)  # the frame is where it says
+        for epoch, value in enumerate(values, 1):
+            x = round(x0 + epoch / 4 * (x1 - x0))
+            row = y1 - (value - lo) / (hi - lo) * (y1 - y0)
+            column = of_colour(t[:, :, x:x + 1], colour)[:, 0].nonzero()[:, 0].float()
+            near = column[(column - row).abs() < 10]  # the dot (lines cross other rows)
+            assert len(near) >= 5 and abs(near.mean().item() - row) <= 1.5, (chart, epoch, value)
+    check("loss", plots.LOSS_COLOUR, [r["train_loss"] for r in records])
+    for key, values in top1.items():
+        check("top1", plots.CURVES[key][1], values)
+    assert inked(t, (0, 0, t.shape[2], boxes["loss"]["plot"][1])) > 50  # the title and summary
+
+
+def test_curves_of_one_vit_epoch(tmp_path):
+    record = dict(epoch=1, train_loss=2.3, train_top1=9.0, top1_visual=12.5)
+    write_metrics(tmp_path / "m.jsonl", [record], head_line=False)
+    boxes = plots.write_curves(tmp_path / "m.jsonl", tmp_path / "c.png", title="ViT stage")
+    t = pixels(tmp_path / "c.png")
+    x0, y0, x1, y1 = boxes["top1"]["plot"]
+    lo, hi = boxes["top1"]["y_range"]
+    x = round(x0 + 1 / 2 * (x1 - x0))  # one epoch: x axis 0 .. 2
+    row = round(y1 - (12.5 - lo) / (hi - lo) * (y1 - y0))
+    assert t[:, row, x].tolist() == list(plots.CURVES["top1_visual"][1])
+    chart = t[:, y0:y1 + 1, x0:x1 + 1]
+    for key in ("top1_nonvisual", "top1_integrated"):  # heads a ViT run does not have
+        assert not of_colour(chart, plots.CURVES[key][1]).any()
+
+
+def test_read_metrics_keeps_the_last_run_and_skips_other_lines(tmp_path):
+    runs = [dict(epoch=e, train_loss=1.0, top1_visual=float(e)) for e in (1, 2, 3)]
+    again = [dict(epoch=e, train_loss=0.5, top1_visual=10.0 * e) for e in (1, 2)]
+    write_metrics(tmp_path / "m.jsonl", runs + [{"note": "no epoch"}] + again)
+    assert plots.read_metrics(tmp_path / "m.jsonl") == again
+
+
+def test_read_metrics_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.jsonl: no such metrics file"):
+        plots.read_metrics(tmp_path / "nothing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2,\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON .*delete or fix that line"):
+        plots.read_metrics(tmp_path / "bad.jsonl")
+    (tmp_path / "head.jsonl").write_text('{"recipe": {}}\n')
+    with pytest.raises(ValueError, match=r"head\.jsonl: no line with an 'epoch' key"):
+        plots.read_metrics(tmp_path / "head.jsonl")
