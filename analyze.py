@@ -1,6 +1,6 @@
 """What an LLB checkpoint learned: latent-object maps, object usage, class-centroid geometry.
 
-    python train.py --analyze RUN/last.pt [the data options used for training]
+    python analyze.py RUN/last.pt       # on the data it was trained on (or --dataset ...)
 
 The paper's claim: a ViT arranges classes by what they look like (visually similar but
 semantically unrelated classes lie close in ViT space), while LLB's non-visual branch, which
@@ -33,8 +33,10 @@ own title, labels and legend (drawn by plots.py):
                        look-alike twins (same shape), which the ViT places close and the labels
                        do not relate.
 """
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -42,7 +44,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
+import cli
+import data
+import evaluate
 import plots
+import recipe
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
@@ -307,26 +313,53 @@ def print_summary(results: dict, run_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the command
-def run(args, device) -> dict:
-    """`train.py --analyze CKPT`: one pass over the validation split, files next to CKPT.
-    Single process: under --gpus N / torchrun, rank 0 does it all and the others return {}."""
-    import train  # Note: the old --analyze path; train.py imports this module inside main()
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
-        return {}
-    ckpt = checkpoint.load_checkpoint(args.analyze)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("checkpoint", help="an LLB checkpoint of train.py (its folder receives the files)")
+    add("--dataset", choices=data.DATASETS, help="default: the checkpoint's")
+    add("--data-dir", help="default: the checkpoint's")
+    add("--classes", help="default: the checkpoint's")
+    add("--max-per-class", type=int, help="default: the checkpoint's")
+    add("--image-size", type=int, help="default: the checkpoint's")
+    add("--batch-size", type=int, help="default: the checkpoint's")
+    add("--workers", type=int, help="loader processes (default: 0 in memory, else <= 8)")
+    add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    add("--amp", choices=("bf16", "fp16", "off"), help="default: the checkpoint's")
+    add("--debug", action="store_true", help="show tracebacks of errors")
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("max_per_class", "image_size", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv=None) -> dict:
+    """`python analyze.py CKPT`: one pass over the validation split the checkpoint was trained
+    with (or the one given), files next to CKPT."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    ckpt = checkpoint.load_checkpoint(args.checkpoint)
     if ckpt.get("kind") != "llb":
-        raise ValueError(f"--analyze needs an LLB checkpoint, but {args.analyze} holds a "
+        raise ValueError(f"analyze.py needs an LLB checkpoint, but {args.checkpoint} holds a "
                          f"{ckpt.get('kind')!r} model (no latent objects). Train LLB on it with: "
-                         f"python train.py --method llb --backbone {args.analyze} [data options]")
-    _, val_loader, info = train.build_data(args)
-    if ckpt["dataset"] != info.name or ckpt["vit_config"]["image_size"] != info.image_size:
-        raise ValueError(f"{args.analyze} was trained on {ckpt['dataset']} at "
-                         f"{ckpt['vit_config']['image_size']} px, but the options give "
-                         f"{info.name} at {info.image_size} px: pass the data options used for "
-                         f"training")
+                         f"python train.py --method llb --backbone {args.checkpoint}")
+    r = evaluate.checkpoint_recipe(ckpt, args.checkpoint, args)
+    _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
+                                               device=device)
+    if ckpt["vit_config"]["image_size"] != info.image_size:
+        raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
+                         f"px, but the options give {info.image_size} px: drop --image-size")
     model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes,
-                                             source=args.analyze)
+                                             source=args.checkpoint)
     model.to(device).eval()
-    collected = collect(model, val_loader, device, train.autocast_for(args, device))
-    return write_report(collected, info=info, checkpoint_path=args.analyze,
-                        run_dir=Path(args.analyze).parent, model=model)
+    collected = collect(model, val_loader, device,
+                        recipe.autocast(r.amp, device, enabled=r.eval_amp))
+    return write_report(collected, info=info, checkpoint_path=args.checkpoint,
+                        run_dir=Path(args.checkpoint).parent, model=model)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -5,6 +5,7 @@
 checkpoint was trained on unless the command line gives others.
 """
 import os
+from dataclasses import fields
 
 import torch
 
@@ -14,6 +15,9 @@ import recipe
 from checkpoint import load_checkpoint, model_from_checkpoint
 from distributed import is_master
 
+# What an evaluation may take from the command line instead of the checkpoint's recipe
+EVAL_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size", "batch_size",
+                "amp")
 PREDICTIONS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)",
                "integrated": "p_O (integrated)"}
 
@@ -56,19 +60,30 @@ def print_table(results: dict, title: str) -> None:
             print(f"{label:<22}{results[f'top1_{name}']:>8.2f}{results[f'top5_{name}']:>8.2f}")
 
 
+def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
+    """The recipe a checkpoint was trained with; the evaluation options given on the command
+    line (EVAL_OPTIONS that are not None in `args`) replace its own. Says which came from where."""
+    saved = ckpt.get("recipe") or {  # a checkpoint older than recipes: its dataset and size
+        "dataset": ckpt["dataset"], "image_size": ckpt["vit_config"]["image_size"]}
+    known = {f.name for f in fields(recipe.Recipe)}
+    saved = {"stage": ckpt["kind"], "defaults": ckpt["kind"]} | {
+        k: v for k, v in saved.items() if k in known}
+    given = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k, None) is not None}
+    if is_master():
+        taken = [f"{k}={saved[k]}" for k in EVAL_OPTIONS[:5] if k not in given and k in saved]
+        print(f"data options from {path}: {', '.join(taken) or 'none'}"
+              + (f"; from the command line: {given}" if given else ""))
+    return recipe.Recipe(**(saved | given))
+
+
 def evaluate_checkpoint(args, device) -> dict:
-    """--eval-only CKPT: the data options it was trained on, unless given here."""
+    """--eval-only CKPT: on the data options it was trained on, unless given here."""
     ckpt = load_checkpoint(args.eval_only)
-    saved = ckpt.get("recipe")
-    r = recipe.resolve(args, ckpt["kind"], base=saved, backbone=None)
-    if saved and is_master():
-        taken = [f"{k}={saved[k]}" for k in ("dataset", "data_dir", "classes", "max_per_class",
-                                             "image_size") if getattr(args, k) is None]
-        print(f"data options from {args.eval_only}: {', '.join(taken)}")
-    world = distributed.all_sum([1], device)[0]
+    r = checkpoint_recipe(ckpt, args.eval_only, args)
+    world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    _, val_loader, info = recipe.build_loaders(r, rank=rank, world=int(world), workers=args.workers,
-                                        device=device)
+    _, val_loader, info = recipe.build_loaders(r, rank=rank, world=world, workers=args.workers,
+                                               device=device)
     model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
     results = evaluate(model.to(device), val_loader, device,
                        recipe.autocast(r.amp, device, enabled=r.eval_amp))

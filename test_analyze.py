@@ -1,5 +1,5 @@
 """Tests for analyze.py: the measures on constructed inputs with known answers, and
-`train.py --analyze` end to end on a tiny LLB trained by the CLI (synthetic set, 1 + 1 epochs)."""
+`analyze.py CKPT` end to end on a tiny LLB trained by the CLI (synthetic set, 1 + 1 epochs)."""
 import json
 import math
 import re
@@ -44,8 +44,7 @@ def dark(image: torch.Tensor) -> int:
 
 
 def test_analyze_end_to_end(run_dir):
-    results = train.main(["--analyze", str(run_dir / "last.pt"), "--dataset", "synthetic",
-                          "--device", "cpu", "--batch-size", "256"])
+    results = analyze.main([str(run_dir / "last.pt"), "--device", "cpu", "--batch-size", "256"])
     # 8 pairs of 32 px images x4 = 128 px in rows of 4 [image | 2 px gap | map] cells of
     # 2 * MARGIN padding, inside two MARGINs (body, figure) each side
     side = 128
@@ -92,7 +91,7 @@ def test_analyze_end_to_end(run_dir):
 
 def test_vit_checkpoint_is_refused(run_dir):
     with pytest.raises(ValueError, match=r"LLB checkpoint.*--method llb --backbone"):
-        train.main(["--analyze", str(run_dir / "vit" / "last.pt"), "--device", "cpu"])
+        analyze.main([str(run_dir / "vit" / "last.pt"), "--device", "cpu"])
 
 
 def test_centroids_and_superclass_similarity():

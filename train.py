@@ -31,7 +31,8 @@ import data
 import distributed
 import evaluate
 import llb
-import recipe as recipes
+import plots
+import recipe
 import vit
 from checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
                         prepare_out_dir, restore, save_checkpoint, saved_recipe)
@@ -70,11 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
     g("--num-objects", type=int, help="O latent objects (default 2048; 64 on synthetic)")
     g("--llb-depth", type=int, help=f"LLB layers, extractor included "
-      f"(default {recipes.llb_default('depth')})")
-    g("--tau", type=float, help=f"assignment temperature (default {recipes.llb_default('tau')})")
-    g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipes.llb_default('alpha')})")
+      f"(default {recipe.llb_default('depth')})")
+    g("--tau", type=float, help=f"assignment temperature (default {recipe.llb_default('tau')})")
+    g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipe.llb_default('alpha')})")
     g("--diversity-weight", type=float,
-      help=f"lambda, weight of L_div (default {recipes.llb_default('diversity_weight')})")
+      help=f"lambda, weight of L_div (default {recipe.llb_default('diversity_weight')})")
     g("--diversity-mode", choices=("batch", "image"), help="average of p~ (default batch)")
     flag = dict(action="store_true", default=None)
     g("--no-disconnect", **flag, help="ablation: N_0 = visual tokens")
@@ -109,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--eval-only", metavar="CKPT", help="evaluate a checkpoint and exit")
     g("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    problem = recipes.check_options(args)
+    problem = recipe.check_options(args)
     if problem:
         p.error(problem)
     return args
@@ -118,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- planning
 
 
-def plan(args) -> list[tuple[recipes.Recipe, Path]]:
+def plan(args) -> list[tuple[recipe.Recipe, Path]]:
     """Each stage's recipe and folder, resolved and checked before anything is built."""
     out = Path(args.out_dir)
     stages = [("vit", out / "vit"), ("llb", out)] if args.method == "vit+llb" else [(args.method, out)]
@@ -130,12 +131,12 @@ def plan(args) -> list[tuple[recipes.Recipe, Path]]:
         last = folder / "last.pt"
         base = saved_recipe(last)[0] if args.resume and last.exists() else None
         backbone = args.backbone if i == 0 else str(stages[0][1] / "last.pt")
-        r = recipes.resolve(args, stage, backbone=backbone, base=base, source=source,
+        r = recipe.resolve(args, stage, backbone=backbone, base=base, source=source,
                             first_stage=i == 0)
         if base is not None:
-            recipes.check_resume(r, base, last)
+            recipe.check_resume(r, base, last)
         if r.llb is not None:  # --layer against the backbone, for both stages of vit+llb
-            depth = recipes.backbone_depth(planned[0][0] if planned else r, source_vit)
+            depth = recipe.backbone_depth(planned[0][0] if planned else r, source_vit)
             r.llb = asdict(llb.LLBConfig(**r.llb).for_backbone(depth))
         planned.append((r, folder))
         source = asdict(r)
@@ -147,7 +148,7 @@ def plan(args) -> list[tuple[recipes.Recipe, Path]]:
 # ----------------------------------------------------------------------------- building
 
 
-def build_model(r: recipes.Recipe, num_classes: int) -> torch.nn.Module:
+def build_model(r: recipe.Recipe, num_classes: int) -> torch.nn.Module:
     """The stage's model, seeded: a ViT (preset, released weights or checkpoint), or LLB on one."""
     torch.manual_seed(r.seed)  # the same init on every rank (DDP also broadcasts it)
     if r.backbone:  # --backbone, or the ViT stage of vit+llb
@@ -173,7 +174,7 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- loops
 
 
-def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int) -> dict:
+def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int) -> dict:
     """One pass over this rank's shard. Returns the sums of the loss statistics over its steps
     (a tensor per name, on the device) and "steps"; nothing is read back per step."""
     model = unwrap(net)
@@ -183,14 +184,14 @@ def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int
     steps = len(loader)
     warmup = round(r.warmup_epochs * steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    autocast = recipes.autocast(r.amp, device)
+    autocast = recipe.autocast(r.amp, device)
     sums, first_bad = None, torch.full((), -1, device=device)
     bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
                disable=not is_master())
     for i, (x, y) in enumerate(bar):
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
-        lr = recipes.lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
+        lr = recipe.lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # forward and loss: both models, one call
@@ -231,13 +232,13 @@ def check_finite(first_bad: int, epoch: int, loss: float) -> None:
 # ----------------------------------------------------------------------------- a stage
 
 
-def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args) -> dict:
+def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args) -> dict:
     """Train one stage to its last epoch (resuming if asked); returns that epoch's results."""
     train_loader, val_loader, info = loaders
     # build the model, its optimizer and the fp16 loss scaler
     model = build_model(r, info.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = recipes.build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
+    optimizer = recipe.build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
                                         weight_decay=r.weight_decay, decay_all=r.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
     # resume: the state after the last saved epoch
@@ -253,7 +254,7 @@ def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args) -> 
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         net = torch.compile(net)
-    eval_autocast = recipes.autocast(r.amp, device, enabled=r.eval_amp)
+    eval_autocast = recipe.autocast(r.amp, device, enabled=r.eval_amp)
     if is_master():
         start_log(r, folder, start, info, train_loader, val_loader, params, device)
     # the loop: train an epoch, save it, evaluate it, log it
@@ -310,6 +311,8 @@ def log_epoch(r, folder: Path, epoch: int, means: dict, results: dict, img_s: fl
                   **results, img_s=img_s, time_s=seconds)
     with open(folder / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    plots.write_curves(folder / "metrics.jsonl", folder / "curves.png",
+                       title=f"{folder}: {r.stage} stage on {r.dataset} (validation split)")
     val = "  ".join(f"{p} {results['top1_' + p]:.1f}" for p in evaluate.PREDICTIONS if "top1_" + p in results)
     tqdm.write(f"[{r.stage}] epoch {epoch + 1}/{r.epochs}  loss {means['total']:.3f}  train "
                f"{means['top1']:.1f}%  val top-1: {val}  |  {img_s:.0f} img/s  {seconds:.1f} s")
@@ -339,7 +342,7 @@ def main(argv=None) -> dict | None:
     rank, world, device = distributed.setup(args.device)
     try:
         random.seed(planned[0][0].seed)
-        loaders = recipes.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
+        loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
                                 device=device, download=args.download)
         for r, folder in planned:
             try:
