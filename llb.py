@@ -2,7 +2,8 @@
 
 Paper: "Label-Focused Inductive Bias over Latent Object Features in Visual Classification",
 Kang, Bae, Kim, ICLR 2024. A (frozen) ViT gives V_l = [v_l^0 .. v_l^N], the output of block l
-(v_l^0 is its class token). LLB adds a branch in four steps (grep "LLB step k"):
+(v_l^0 is its class token). LLB adds a branch in four steps, one method each (`extract_objects`,
+`disconnect`, `structure`, `integrate`, called in turn by `forward`; grep "LLB step k"):
 
     1. latent object extraction      p^i = Softmax(MLP(v_l^i) / tau),  i = 1..N,  p^i in R^O
                                      L_div = -H(p~),  H(p) = -sum_o p_o log p_o,  p~ = mean of p^i
@@ -22,7 +23,7 @@ Symbol map (code name -> paper symbol):
 Shapes: B batch, N patch tokens (+1 class token), D width, O latent objects, K classes.
 """
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -33,18 +34,54 @@ import vit
 
 @dataclass
 class LLBConfig:
-    layer: int  # l: the branch reads z_l = output of block l (1-based); default L - 1 (11 of 12)
+    """Every LLB setting and its default (the authors' recipe for ViT-B/16), checked on creation.
+
+    `layer` depends on the backbone: None means L - 1; `for_backbone(depth)` resolves and checks it.
+    """
+
+    layer: int | None = None  # l: the branch reads z_l, output of block l (1-based); None: L - 1
     num_objects: int = 2048  # O: number of latent objects (rows of E = N_emb)
-    depth: int = 6  # LLB layers, counting the extractor block (authors' code): depth - 1 blocks in g
+    depth: int = 6  # LLB layers, the extractor block included (authors' code): g has depth - 1
     tau: float = 0.1  # softmax temperature of the assignment p^i
     alpha: float = 0.8  # integration weight of the visual probabilities p_V
     diversity_weight: float = 0.5  # lambda, weight of L_div in the loss
-    diversity_mode: str = "batch"  # p~ averaged over patches and batch ("batch") or per image ("image")
+    diversity_mode: str = "batch"  # p~ over patches and batch ("batch", authors') or per image
     disconnect: bool = True  # ablation: False -> N_0 = the extractor's patch outputs (no A E)
     diversity: bool = True  # ablation: False -> loss without lambda L_div (L_div still reported)
     pos_embed: bool = False  # ablation: True -> learnable position embedding on [c_n || N_0]
     integrate: bool = True  # ablation: False -> probs = p_N alone
     freeze_backbone: bool = True  # the paper's setting: only the branch learns
+
+    def __post_init__(self):
+        # What can be checked without the backbone (layer <= L: see for_backbone)
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 1):
+            raise ValueError(f"LLB layer must be an int >= 1 (the backbone block whose output z_l "
+                             f"feeds LLB), or None for L - 1, got {self.layer!r}")
+        if self.num_objects < 2:
+            raise ValueError(f"LLB num_objects must be >= 2 (O latent objects), "
+                             f"got {self.num_objects!r}")
+        if self.depth < 2:
+            raise ValueError(f"LLB depth must be >= 2 (the extractor block plus at least one block "
+                             f"of g, else c_n sees no object), got {self.depth!r}")
+        if not self.tau > 0:
+            raise ValueError(f"LLB tau must be > 0 (softmax temperature), got {self.tau!r}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"LLB alpha must be in [0, 1] (weight of p_V), got {self.alpha!r}")
+        if not self.diversity_weight >= 0:
+            raise ValueError(f"LLB diversity_weight must be >= 0 (lambda), "
+                             f"got {self.diversity_weight!r}")
+        if self.diversity_mode not in ("batch", "image"):
+            raise ValueError(f"LLB diversity_mode must be 'batch' or 'image', "
+                             f"got {self.diversity_mode!r}")
+
+    def for_backbone(self, depth: int) -> "LLBConfig":
+        """A copy with `layer` resolved for a backbone of `depth` blocks and checked against it."""
+        # the paper: block 11 of ViT-B's 12
+        layer = max(depth - 1, 1) if self.layer is None else self.layer
+        if layer > depth:
+            raise ValueError(f"LLB layer must be an int in 1..{depth} (the backbone block whose "
+                             f"output z_l feeds LLB), got {layer!r}")
+        return replace(self, layer=layer)
 
 
 @dataclass
@@ -79,46 +116,36 @@ def _init_linear(module: nn.Module):
 
 
 class LLB(nn.Module):
-    """A vit.ViT plus the LLB branch. forward(x) -> LLBOutput; loss(out, y) -> (total, parts)."""
+    """A vit.ViT plus the LLB branch. forward(x) -> LLBOutput; loss(out, y) -> (total, stats).
 
-    def __init__(self, backbone: vit.ViT, *, layer: int | None = None, num_objects: int = 2048,
-                 depth: int = 6, tau: float = 0.1, alpha: float = 0.8, diversity_weight: float = 0.5,
-                 diversity_mode: str = "batch", disconnect: bool = True, diversity: bool = True,
-                 pos_embed: bool = False, integrate: bool = True, freeze_backbone: bool = True):
+    `LLB(backbone)`, `LLB(backbone, config)` or `LLB(backbone, num_objects=64, ...)`: any
+    LLBConfig field as a keyword overrides `config` (default LLBConfig(), the authors' recipe).
+    """
+
+    def __init__(self, backbone: vit.ViT, config: LLBConfig | None = None, **overrides):
         super().__init__()
         if not isinstance(backbone, vit.ViT):
             raise TypeError(f"backbone must be a vit.ViT, got {type(backbone).__name__}")
+        valid = [f.name for f in fields(LLBConfig)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise TypeError(f"unknown LLB option(s) {unknown}; valid options: {', '.join(valid)}")
         v = backbone.config
-        layer = max(v.depth - 1, 1) if layer is None else layer  # the paper: block 11 of ViT-B's 12
-        checks = [
-            (isinstance(layer, int) and 1 <= layer <= v.depth, "layer", f"an int in 1..{v.depth} "
-             f"(the backbone block whose output z_l feeds LLB)", layer),
-            (num_objects >= 2, "num_objects", ">= 2 (O latent objects)", num_objects),
-            (depth >= 2, "depth", ">= 2 (the extractor block plus at least one block of g, "
-             "else c_n sees no object)", depth),
-            (tau > 0, "tau", "> 0 (softmax temperature)", tau),
-            (0 <= alpha <= 1, "alpha", "in [0, 1] (weight of p_V)", alpha),
-            (diversity_weight >= 0, "diversity_weight", ">= 0 (lambda)", diversity_weight),
-            (diversity_mode in ("batch", "image"), "diversity_mode", "'batch' or 'image'", diversity_mode),
-        ]
-        for ok, name, valid, got in checks:
-            if not ok:
-                raise ValueError(f"LLB {name} must be {valid}, got {got!r}")
-        self.config = c = LLBConfig(layer, num_objects, depth, tau, alpha, diversity_weight,
-                                    diversity_mode, disconnect, diversity, pos_embed, integrate,
-                                    freeze_backbone)
-        self.backbone = backbone.requires_grad_(not freeze_backbone)
+        base = LLBConfig() if config is None else config
+        self.config = c = replace(base, **overrides).for_backbone(v.depth)  # layer: an int now
+        self.backbone = backbone.requires_grad_(not c.freeze_backbone)
         D = v.width
         # Note: the new blocks use dropout 0, whatever the backbone's rates (the branch is small).
         block = dict(width=D, heads=v.heads, mlp_dim=v.mlp_dim)
         self.extractor = vit.Block(**block)  # step 1's "MLP", part 1: one block on all of V_l
-        self.to_objects = nn.Linear(D, num_objects)  # step 1's "MLP", part 2: D -> O
+        self.to_objects = nn.Linear(D, c.num_objects)  # step 1's "MLP", part 2: D -> O
         # Note: with disconnect=False, E does not exist (an unused parameter breaks DDP).
-        self.object_embed = nn.Parameter(torch.empty(num_objects, D)) if disconnect else None  # E
+        self.object_embed = (nn.Parameter(torch.empty(c.num_objects, D))
+                             if c.disconnect else None)  # E = N_emb
         self.class_token = nn.Parameter(torch.zeros(1, 1, D))  # c_n
         self.pos_embed = (nn.Parameter(torch.empty(1, 1 + v.num_patches, D))
-                          if pos_embed else None)  # ablation only; the paper uses none
-        self.blocks = nn.ModuleList(vit.Block(**block) for _ in range(depth - 1))  # g
+                          if c.pos_embed else None)  # ablation only; the paper uses none
+        self.blocks = nn.ModuleList(vit.Block(**block) for _ in range(c.depth - 1))  # g
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.head = nn.Linear(D, v.num_classes)  # MLP_N
         self.reset_parameters()
@@ -146,55 +173,101 @@ class LLB(nn.Module):
         """What the optimizer gets: the branch alone, or everything when unfrozen."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def branch(self, z: torch.Tensor) -> dict:
-        """LLB steps 1-3 from z_l (B, 1 + N, D), class token at index 0.
+    # ------------------------------------------------------------------------- the four steps
 
-        Returns a dict with "assign" A (B, N, O), "object_tokens" N_0 (B, N, D),
-        "feat_n" (B, D) and "logits_n" (B, K).
+    def extract_objects(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLB step 1, latent object extraction: p^i = Softmax(MLP(v_l^i) / tau), i = 1..N.
+
+        "MLP" is the authors' one transformer block (`self.extractor`, on all of V_l, class token
+        included) followed by the Linear D -> O (`self.to_objects`, on the N patch tokens only).
+        In: z_l (B, 1 + N, D), the output of backbone block l, class token at index 0.
+        Out: assign A = [p^1 .. p^N] (B, N, O), each row sums to 1, computed in float32 even
+        under autocast (the Linear too); and the extractor's patch outputs (B, N, D), which the
+        "w/o disconnection" ablation uses instead of N_0.
         """
-        c = self.config
-        B, N1, D = z.shape  # batch, 1 + patch tokens, width
-        # LLB step 1: p^i = Softmax(MLP(v_l^i) / tau); the block sees all of V_l (authors' code),
-        # the Linear only the N patch tokens (class token excluded)
         h = self.extractor(z)  # (B, 1 + N, D)
-        # Note: fp32 softmax, since / tau = 0.1 sharpens the logits 10x (bf16 autocast safe)
-        assign = torch.softmax(self.to_objects(h[:, 1:]).float() / c.tau, dim=-1)  # (B, N, O)
-        # LLB step 2: N_0 = Disconnect(A, E) = A E, no visual feature passes through
-        if c.disconnect:
-            tokens = assign.to(self.object_embed.dtype) @ self.object_embed  # (B, N, D)
-        else:
-            # ablation "w/o disconnection": visual features go on; A then only feeds L_div
-            # (so with diversity=False too, to_objects is unused: find_unused_parameters under DDP)
-            tokens = h[:, 1:]  # (B, N, D)
-        # LLB step 3: N_{L_N} = g([c_n || N_0]; W), then p_N's logits from c_n
-        s = torch.cat([self.class_token.expand(B, -1, -1), tokens], dim=1)
-        # s: (B, 1 + N, D)
+        patches = h[:, 1:]  # (B, N, D): class token excluded
+        # Note: fp32 even under autocast: / tau = 0.1 sharpens the logits 10x, and with bf16
+        # logits 1.4-1.7% of patches changed their argmax object (issue 11).
+        with torch.autocast(z.device.type, enabled=False):
+            logits = self.to_objects(patches.float())  # (B, N, O)
+            # LLB step 1: p^i = Softmax(MLP(v_l^i) / tau)
+            assign = torch.softmax(logits / self.config.tau, dim=-1)  # (B, N, O)
+        return assign, patches
+
+    def disconnect(self, assign: torch.Tensor) -> torch.Tensor:
+        """LLB step 2, visual dependency disconnection: N_0 = Disconnect(A, E) = A E.
+
+        Each patch becomes a mix of the learnable object embeddings E (`self.object_embed`,
+        (O, D)) weighted by its assignment: no visual feature passes through.
+        In: assign A (B, N, O). Out: object_tokens N_0 (B, N, D).
+        """
+        return assign.to(self.object_embed.dtype) @ self.object_embed  # (B, N, D)
+
+    def structure(self, object_tokens: torch.Tensor) -> torch.Tensor:
+        """LLB step 3, non-visual feature structuring: N_{L_N} = g([c_n || N_0]; W).
+
+        Prepend the learnable class token c_n (`self.class_token`, (1, 1, D)) to N_0, add
+        `self.pos_embed` if the ablation has one (the paper has none), run the blocks of g
+        (`self.blocks`), and return the LayerNorm (`self.norm`) of the class token c_n.
+        In: object_tokens N_0 (B, N, D). Out: feat_n = LN(c_n) (B, D), input of MLP_N.
+        """
+        B = object_tokens.shape[0]
+        s = torch.cat([self.class_token.expand(B, -1, -1), object_tokens], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             s = s + self.pos_embed  # ablation "w/ Pos."; without it g is permutation-equivariant
         for block in self.blocks:
             s = block(s)  # (B, 1 + N, D)
-        feat_n = self.norm(s[:, 0])  # (B, D)
-        return dict(assign=assign, object_tokens=tokens, feat_n=feat_n, logits_n=self.head(feat_n))
+        return self.norm(s[:, 0])  # (B, D)
+
+    def integrate(self, logits_v: torch.Tensor, logits_n: torch.Tensor) -> torch.Tensor:
+        """LLB step 4, integration: p_O = alpha p_V + (1 - alpha) p_N.
+
+        p_V = Softmax(logits_v), p_N = Softmax(logits_n), in float32; with the "w/o integration"
+        ablation (config.integrate False), p_O = p_N.
+        In: logits_v (B, K), logits_n (B, K). Out: probs p_O (B, K), float32, rows sum to 1.
+        """
+        p_v = torch.softmax(logits_v.float(), dim=-1)  # (B, K)
+        p_n = torch.softmax(logits_n.float(), dim=-1)  # (B, K)
+        if not self.config.integrate:
+            return p_n
+        return self.config.alpha * p_v + (1 - self.config.alpha) * p_n
+
+    # ------------------------------------------------------------------------- model and loss
 
     def forward(self, x: torch.Tensor) -> LLBOutput:
+        """The paper's Fig. 2: the backbone, then the four steps, then the heads."""
         c = self.config
         # Frozen: no autograd graph through the backbone (where LLB saves time and memory).
         with torch.no_grad() if c.freeze_backbone else contextlib.nullcontext():
             logits_v, zs = self.backbone(x, return_blocks=True)  # (B, K), L x (B, 1 + N, D)
             feat_v = self.backbone.norm(zs[-1][:, 0])  # (B, D): what the visual head sees
-        b = self.branch(zs[c.layer - 1])  # z_l = output of block l (1-based)
-        # LLB step 4: p_O = alpha p_V + (1 - alpha) p_N
-        p_v = torch.softmax(logits_v.float(), dim=-1)  # (B, K)
-        p_n = torch.softmax(b["logits_n"].float(), dim=-1)  # (B, K)
-        probs = c.alpha * p_v + (1 - c.alpha) * p_n if c.integrate else p_n
+        # LLB step 1: A (B, N, O) from z_l, the output of block l (1-based)
+        assign, patch_features = self.extract_objects(zs[c.layer - 1])
+        # LLB step 2: N_0 = A E (B, N, D)
+        if c.disconnect:
+            object_tokens = self.disconnect(assign)
+        else:
+            # ablation "w/o disconnection": visual features go on; A then only feeds L_div
+            # (so with diversity=False too, to_objects is unused: find_unused_parameters under DDP)
+            object_tokens = patch_features
+        # LLB step 3: LN(c_n) after g (B, D), then the logits of p_N = Softmax(MLP_N(c_n))
+        feat_n = self.structure(object_tokens)
+        logits_n = self.head(feat_n)  # (B, K)
+        # LLB step 4: p_O (B, K)
+        probs = self.integrate(logits_v, logits_n)
         # Note: the authors' code fed such mixed probabilities to CrossEntropyLoss as if they were
         # logits; here probs are probabilities (eval, argmax) and training uses CE on logits_n.
-        return LLBOutput(logits_v=logits_v, logits_n=b["logits_n"], probs=probs,
-                         assign=b["assign"], object_tokens=b["object_tokens"], feat_v=feat_v,
-                         feat_n=b["feat_n"])
+        return LLBOutput(logits_v=logits_v, logits_n=logits_n, probs=probs, assign=assign,
+                         object_tokens=object_tokens, feat_v=feat_v, feat_n=feat_n)
 
     def loss(self, out: LLBOutput, target: torch.Tensor, *, label_smoothing: float = 0.0):
-        """L = CE(p_N, y) + lambda L_div -> (total tensor, parts dict of floats)."""
+        """L = CE(p_N, y) + lambda L_div -> (total, stats).
+
+        stats: detached 0-dim float32 tensors "ce", "diversity", ("ce_visual" when unfrozen),
+        "total", and "top1" (% of the batch p_N gets right). Nothing is read back to the host:
+        the caller does (`.item()`) when it logs.
+        """
         c = self.config
         ce = F.cross_entropy(out.logits_n.float(), target, label_smoothing=label_smoothing)
         # LLB Eq. L_div; default "batch" as the authors' code: one batch-level marginal p~ that
@@ -203,14 +276,16 @@ class LLB(nn.Module):
         l_div = diversity_loss(out.assign, c.diversity_mode)
         # LLB Eq. L = CE + lambda L_div
         total = ce + c.diversity_weight * l_div if c.diversity else ce
-        parts = {"ce": ce, "diversity": l_div}  # L_div reported even when the switch is off
+        stats = {"ce": ce, "diversity": l_div}  # L_div reported even when the switch is off
         if not c.freeze_backbone:
             # Note: not in the paper (which freezes the backbone). Unfrozen, without this term the
             # blocks after `layer` and the visual head get no gradient (the authors' code then
             # crashes under DDP with unused parameters) while p_V, used by step 4, drifts.
             ce_v = F.cross_entropy(out.logits_v.float(), target, label_smoothing=label_smoothing)
             total = total + ce_v
-            parts["ce_visual"] = ce_v
-        parts["total"] = total
-        values = torch.stack([v.detach().float() for v in parts.values()]).tolist()  # one sync
-        return total, dict(zip(parts, values))
+            stats["ce_visual"] = ce_v
+        stats["total"] = total
+        stats = {name: value.detach().float() for name, value in stats.items()}
+        hits = out.logits_n.detach().argmax(dim=-1) == target  # (B,)
+        stats["top1"] = 100 * hits.float().mean()
+        return total, stats

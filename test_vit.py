@@ -1,6 +1,15 @@
-"""Tests for vit.py: logits parity with torchvision, presets, weight loading, errors."""
+"""Tests for vit.py: logits parity with torchvision, presets, weight loading, errors.
+
+The tests marked vit_attention / vit_block grade Attention.forward (Eqs. 5-8) and Block.forward
+(Eqs. 2-3) alone (`pytest -m vit_attention`): each compares the one module with plain torch ops
+written here, the block's attention itself computed by hand.
+"""
+import functools
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torchvision.models.vision_transformer import interpolate_embeddings
 
@@ -19,6 +28,83 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.add_(0.02 * noise)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- graded units
+
+
+def ref_attention(attn, z):
+    """ViT Eqs. (5)-(8) by hand: an explicit softmax per head, heads concatenated, then U_msa."""
+    b, n, d = z.shape
+    h = attn.heads
+    q, k, v = (z @ attn.qkv.weight.T + attn.qkv.bias).split(d, dim=-1)  # Eq. (5), (b, n, d) each
+    q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # (b, h, n, d / h)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)  # Eq. (6)
+    heads = (weights @ v).transpose(1, 2).reshape(b, n, d)  # Eq. (7), heads side by side
+    return heads @ attn.proj.weight.T + attn.proj.bias  # Eq. (8)
+
+
+def graded_inputs(heads, seed=0):
+    """A module with non-trivial parameters (LayerNorms too) and its input z (2, 7, 24)."""
+    torch.manual_seed(seed)
+    block = vit.Block(width=24, heads=heads, mlp_dim=48)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    return block.eval(), torch.randn(2, 7, 24)
+
+
+@pytest.mark.vit_attention
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attention_is_eqs_5_to_8(heads):
+    block, z = graded_inputs(heads)
+    attn = block.attn
+    out = attn(z)
+    assert out.shape == z.shape
+    torch.testing.assert_close(out, ref_attention(attn, z), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.vit_attention
+def test_attention_is_permutation_equivariant():
+    attn, z = graded_inputs(heads=3)
+    perm = torch.randperm(z.shape[1], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(attn(z[:, perm]), attn(z)[:, perm], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.vit_block
+def test_block_is_eqs_2_and_3():
+    block, z = graded_inputs(heads=3)
+    block.attn.forward = functools.partial(ref_attention, block.attn)  # graded on its own
+    out = block(z)
+
+    def ln(t, norm):
+        return F.layer_norm(t, (t.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+    z1 = z + ref_attention(block.attn, ln(z, block.norm1))  # Eq. (2)
+    hidden = F.gelu(ln(z1, block.norm2) @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
+    expected = z1 + hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias  # Eq. (3)
+    assert out.shape == z.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_is_cross_entropy_with_device_side_stats():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    model = vit.ViT(image_size=8, patch_size=4, width=8, depth=1, heads=2, mlp_dim=8, num_classes=4)
+    total, stats = model.loss(logits, y, label_smoothing=0.2)
+    smooth = 0.8 * F.one_hot(y, 4) + 0.2 / 4
+    expected = -(smooth * torch.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(total, expected)
+    assert set(stats) == {"ce", "total", "top1"}
+    assert all(v.shape == () and not v.requires_grad for v in stats.values())
+    top1 = 100 * (logits.argmax(-1) == y).sum().item() / 6
+    assert stats["top1"].item() == pytest.approx(top1)
+    total.backward()
+    assert logits.grad.shape == (6, 4)
+
+
+# ----------------------------------------------------------------------------- whole model
 
 
 @pytest.mark.parametrize("builder, kwargs", [

@@ -51,6 +51,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)  # U_msa
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """MSA(z) by ViT Eqs. (5)-(8), H = `self.heads` heads of size D_h = D / H:
+
+            (5) [q, k, v] = z U_qkv                  U_qkv = `self.qkv`, (D, 3 D), all heads
+            (6) A = softmax(q k^T / sqrt(D_h))       per head, over the N keys
+            (7) SA(z) = A v                          per head: (B, N, D_h)
+            (8) MSA(z) = [SA_1(z); ...; SA_H(z)] U_msa     U_msa = `self.proj`, (D, D)
+
+        q, k, v of head h are channels h D_h .. (h + 1) D_h - 1 of each third of z U_qkv.
+        In: z (B, N, D), N tokens. Out: MSA(z) (B, N, D). Attention dropout (`self.dropout`,
+        training only) is applied to A.
+        """
         B, N, D = z.shape  # batch, tokens, width
         # ViT Eq. (5): [q, k, v] = z U_qkv, split into H heads of size D_h = D / H
         q, k, v = self.qkv(z).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
@@ -91,7 +102,15 @@ class Block(nn.Module):
         self.mlp = MLP(width=width, mlp_dim=mlp_dim, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """One pre-norm encoder block, ViT Eqs. (2)-(3):
+
+            (2) z' = MSA(LN(z)) + z          LN = `self.norm1`, MSA = `self.attn`
+            (3) out = MLP(LN(z')) + z'       LN = `self.norm2`, MLP = `self.mlp`
+
+        Dropout (`self.drop`) on the MSA output (the MLP drops inside). In: z = z_{l-1}
+        (B, N, D). Out: z_l (B, N, D).
+        """
         z = z + self.drop(self.attn(self.norm1(z)))  # ViT Eq. (2)
         return z + self.mlp(self.norm2(z))  # ViT Eq. (3)
 
@@ -181,6 +200,17 @@ class ViT(nn.Module):
                 blocks.append(z)  # kept, not recomputed: LLB reads z_l from here
         logits = self.classify(z)  # ViT Eq. (4)
         return (logits, blocks) if return_blocks else logits
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0):
+        """Cross-entropy of the head's logits (B, classes) -> (total, stats), as llb.LLB.loss.
+
+        stats: detached 0-dim float32 tensors "ce", "total" (the same here) and "top1" (% of the
+        batch right). Nothing is read back to the host: the caller does when it logs.
+        """
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        hits = logits.detach().argmax(dim=-1) == target  # (B,)
+        stats = {"ce": ce.detach(), "total": ce.detach(), "top1": 100 * hits.float().mean()}
+        return ce, stats
 
 
 # ----------------------------------------------------------------------------- presets
