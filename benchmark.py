@@ -50,6 +50,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import cli
 import llb
+import pretrained
 import recipe
 import vit
 
@@ -66,11 +67,18 @@ PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12
 def vit_config(args) -> vit.ViTConfig:
     """The benchmarked architecture: --model (default base; a --pretrained name gives its
     architecture, its weights are not loaded), --image-size (default 224), --patch-size."""
-    name = args.model or (args.pretrained.split(":")[0] if args.pretrained else "base")
-    over = dict(image_size=args.image_size or 224, num_classes=NUM_CLASSES)
-    if args.patch_size:
+    if args.pretrained:
+        fields_ = pretrained.architecture(args.pretrained)
+    else:
+        fields_ = vit.PRESETS["base" if args.model is None else args.model]
+    over = dict(num_classes=NUM_CLASSES)
+    if args.image_size is not None:
+        over["image_size"] = args.image_size
+    elif not args.pretrained:
+        over["image_size"] = 224
+    if args.patch_size is not None:
         over["patch_size"] = args.patch_size
-    return vit.ViTConfig(**(vit.PRESETS[name] | over))
+    return vit.ViTConfig(**(fields_ | over))
 
 
 def build_model(name: str, args) -> nn.Module:

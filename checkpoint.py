@@ -47,11 +47,13 @@ def load_checkpoint(path, *, mmap: bool = False) -> dict:
                          ) from err
 
 
-def model_from_checkpoint(ckpt: dict, *, num_classes: int | None = None, source: str = "checkpoint"):
+def model_from_checkpoint(ckpt: dict, *, num_classes: int | None = None,
+                          source: str = "checkpoint"):
     """Rebuild the ViT or LLB a checkpoint holds; a wrong class count says what differs."""
     if not isinstance(ckpt, dict) or "vit_config" not in ckpt:
-        raise ValueError(f"{source} is not a train.py checkpoint (no 'vit_config'); for torchvision "
-                         f"weights use --pretrained ARCH:WEIGHTS --weights-file {source}")
+        raise ValueError(f"{source} is not a train.py checkpoint (no 'vit_config'); for "
+                         f"released weights (torchvision, timm, MAE) use --pretrained NAME "
+                         f"--weights-file {source}")
     cfg = ckpt["vit_config"]
     if num_classes is not None and cfg["num_classes"] != num_classes:
         raise ValueError(f"{source} holds a {cfg['num_classes']}-class model (trained on "
@@ -75,9 +77,10 @@ def check_same_model(ckpt: dict, model, path) -> None:
     for key, mine in configs_of(model).items():
         theirs = ckpt.get(key)
         if theirs != mine:
-            diff = ({k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v}
+            diff = ({k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
                     if theirs and mine else (theirs, mine))
-            raise ValueError(f"{path} is from another model: {key} differs (checkpoint, this run): {diff}")
+            raise ValueError(f"{path} is from another model: {key} differs (checkpoint, "
+                             f"this run): {diff}")
 
 
 def saved_recipe(path) -> tuple[dict | None, dict]:

@@ -218,6 +218,10 @@ class LLB(nn.Module):
             s = s + self.pos_embed  # ablation "w/ Pos."; without it g is permutation-equivariant
         for block in self.blocks:
             s = block(s)  # (B, 1 + N, D)
+        if self.backbone.config.pool == "avg":
+            # Note: on an average-pooling backbone (MAE), the branch pools the same way, as the
+            # authors' MAE variant does: LN of the mean of the N object tokens, c_n not read.
+            return self.norm(s[:, 1:].mean(dim=1))  # (B, D)
         return self.norm(s[:, 0])  # (B, D)
 
     def integrate(self, logits_v: torch.Tensor, logits_n: torch.Tensor) -> torch.Tensor:
@@ -241,7 +245,7 @@ class LLB(nn.Module):
         # Frozen: no autograd graph through the backbone (where LLB saves time and memory).
         with torch.no_grad() if c.freeze_backbone else contextlib.nullcontext():
             logits_v, zs = self.backbone(x, return_blocks=True)  # (B, K), L x (B, 1 + N, D)
-            feat_v = self.backbone.norm(zs[-1][:, 0])  # (B, D): what the visual head sees
+            feat_v = self.backbone.features(zs[-1])  # (B, D): what the visual head sees
         # LLB step 1: A (B, N, O) from z_l, the output of block l (1-based)
         assign, patch_features = self.extract_objects(zs[c.layer - 1])
         # LLB step 2: N_0 = A E (B, N, D)

@@ -19,6 +19,7 @@ import torch
 import data
 import distributed
 import llb
+import pretrained as pretrained_weights
 import vit
 
 # Which defaults a stage takes (the `defaults` field of a Recipe):
@@ -162,7 +163,7 @@ def native_size(dataset: str, pretrained: str | None, source: dict | None) -> in
     """The input size when --image-size is unset: the released weights' crop, the backbone
     checkpoint's, else the dataset's native 32 or 224."""
     if pretrained:
-        return vit.pretrained_eval_spec(pretrained)["crop_size"]
+        return pretrained_weights.eval_spec(pretrained)["crop_size"]
     if source:
         return source["image_size"]
     return NATIVE_SIZE.get(dataset, 224)
@@ -303,10 +304,10 @@ def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
 def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
                   device: torch.device, download: bool = False):
     """(train loader, val loader, DataInfo) of a recipe's data options; shared by both stages."""
-    spec = vit.pretrained_eval_spec(r.pretrained) if r.pretrained else None
+    spec = pretrained_weights.eval_spec(r.pretrained) if r.pretrained else None
     expected = None
     if r.pretrained and r.stage == "llb":  # LLB keeps the released head: same label set
-        expected = len(vit.torchvision_weights(r.pretrained)[1].meta["categories"])
+        expected = pretrained_weights.num_classes(r.pretrained)
     if download and rank > 0:
         distributed.barrier()  # wait for rank 0's download, then read it
     train_set, val_set, info = data.build_datasets(
@@ -342,5 +343,5 @@ def backbone_depth(recipe: Recipe, source_vit_config: dict | None) -> int:
     if recipe.model is not None:
         return vit.PRESETS[recipe.model]["depth"]
     if recipe.pretrained:
-        return vit.PRESETS[vit.torchvision_weights(recipe.pretrained)[0]]["depth"]
+        return pretrained_weights.architecture(recipe.pretrained)["depth"]
     return source_vit_config["depth"]

@@ -211,7 +211,7 @@ def test_checkpoint_from_another_model_or_class_count(tmp_path):
     with pytest.raises(ValueError, match=r"holds a 7-class model \(trained on synthetic\) but the dataset has 10"):
         run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "seven.pt"), out="llb")
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match=r"weights\.pth is not a train\.py checkpoint.*--pretrained ARCH:WEIGHTS"):
+    with pytest.raises(ValueError, match=r"weights\.pth is not a train\.py checkpoint.*--pretrained NAME"):
         run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "weights.pth"), out="llb2")
     with pytest.raises(FileNotFoundError, match=r"nope\.pt not found"):
         train.main(TINY + ["--eval-only", str(tmp_path / "nope.pt")])

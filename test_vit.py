@@ -1,8 +1,9 @@
-"""Tests for vit.py: logits parity with torchvision, presets, weight loading, errors.
+"""Tests for vit.py: logits parity with torchvision, presets, pooling, torchvision weights, errors.
 
 The tests marked vit_attention / vit_block grade Attention.forward (Eqs. 5-8) and Block.forward
 (Eqs. 2-3) alone (`pytest -m vit_attention`): each compares the one module with plain torch ops
-written here, the block's attention itself computed by hand.
+written here, the block's attention itself computed by hand. timm and MAE weights:
+test_pretrained.py.
 """
 import functools
 import math
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.vision_transformer import interpolate_embeddings
 
+import pretrained
 import vit
 
 
@@ -115,7 +117,7 @@ def test_loss_is_cross_entropy_with_device_side_stats():
 def test_logits_match_torchvision(builder, kwargs):
     torch.manual_seed(0)
     reference = perturbed(builder(**kwargs))
-    ours = vit.from_torchvision(reference).eval()
+    ours = pretrained.from_torchvision(reference).eval()
     assert ours.config.image_size == reference.image_size
     x = torch.randn(2, 3, reference.image_size, reference.image_size)
     with torch.no_grad():
@@ -126,8 +128,8 @@ def test_logits_match_torchvision(builder, kwargs):
 
 def test_from_state_dict_equals_from_module():
     reference = perturbed(torchvision.models.vit_b_32())
-    a = vit.from_torchvision(reference)
-    b = vit.from_torchvision(reference.state_dict())  # heads inferred from the width
+    a = pretrained.from_torchvision(reference)
+    b = pretrained.from_torchvision(reference.state_dict())  # heads inferred from the width
     assert a.config == b.config
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
@@ -136,7 +138,7 @@ def test_from_state_dict_equals_from_module():
 def test_position_embedding_interpolation_matches_torchvision():
     """224 -> 384: our resize equals torchvision's interpolate_embeddings, and so do the logits."""
     source = perturbed(torchvision.models.vit_b_32())
-    ours = vit.from_torchvision(source, image_size=384).eval()
+    ours = pretrained.from_torchvision(source, image_size=384).eval()
     state = interpolate_embeddings(384, 32, source.state_dict())
     reference = torchvision.models.vit_b_32(image_size=384)
     reference.load_state_dict(state)
@@ -149,7 +151,7 @@ def test_position_embedding_interpolation_matches_torchvision():
 
 def test_new_num_classes_gets_a_fresh_head():
     source = perturbed(torchvision.models.vit_b_32())
-    model = vit.from_torchvision(source, num_classes=10)
+    model = pretrained.from_torchvision(source, num_classes=10)
     assert model.head.weight.shape == (10, 768)
     assert torch.count_nonzero(model.head.weight) == 0  # new head, zero-initialised
     assert torch.equal(model.blocks[3].mlp.fc1.weight,
@@ -192,6 +194,33 @@ def test_block_outputs_are_the_blocks_applied_in_turn():
     assert torch.allclose(logits, model.head(model.norm(blocks[-1][:, 0])))
 
 
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_features_pool_the_class_token_or_the_patch_tokens(pool):
+    """ViT Eq. (4), y = LN(z_L^0), or with pool="avg" y = LN(mean over the N patch tokens)."""
+    torch.manual_seed(0)
+    model = vit.ViT(image_size=16, patch_size=4, width=32, depth=2, heads=2, mlp_dim=64,
+                    num_classes=5, pool=pool)
+    torch.nn.init.normal_(model.head.weight)
+    torch.nn.init.normal_(model.norm.bias)
+    z = torch.randn(3, 17, 32)  # (B, 1 + N, D)
+    pooled = z[:, 0] if pool == "token" else z[:, 1:].mean(dim=1)  # (B, D)
+    torch.testing.assert_close(model.features(z), model.norm(pooled))
+    assert torch.equal(model.classify(z), model.head(model.features(z)))
+    # the tokens y does not read leave it unchanged
+    ignored = slice(1, None) if pool == "token" else slice(0, 1)
+    shifted = z.clone()
+    shifted[:, ignored] += 3.0
+    assert torch.equal(model.features(shifted), model.features(z))
+    x = torch.randn(2, 3, 16, 16)
+    logits, blocks = model(x, return_blocks=True)
+    assert torch.equal(logits, model.classify(blocks[-1]))
+
+
+def test_pool_must_be_token_or_avg():
+    with pytest.raises(ValueError, match=r"pool must be 'token' .* or 'avg' .*got 'max'"):
+        vit.ViTConfig(pool="max")
+
+
 def test_patches_are_flattened_in_row_major_order():
     """Eq. (1) as written: patch i is x_p^i E with E the flattened conv kernel."""
     model = vit.ViT(image_size=8, patch_size=4, width=8, depth=1, heads=2, mlp_dim=8, num_classes=2)
@@ -207,17 +236,17 @@ def test_load_pretrained_from_local_file(tmp_path):
     source = perturbed(torchvision.models.vit_b_32())
     path = tmp_path / "vit_b_32.pth"
     torch.save(source.state_dict(), path)
-    model = vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path)).eval()
+    model = pretrained.load("vit_b_32:IMAGENET1K_V1", weights_file=str(path)).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), atol=1e-5, rtol=0)
 
 
 def test_eval_spec_is_the_weights_own_transform():
-    spec = vit.pretrained_eval_spec("vit_b_16:IMAGENET1K_SWAG_E2E_V1")
+    spec = pretrained.eval_spec("vit_b_16:IMAGENET1K_SWAG_E2E_V1")
     assert spec == dict(resize_size=384, crop_size=384, interpolation="bicubic",
                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    spec = vit.pretrained_eval_spec("vit_b_16:IMAGENET1K_V1")
+    spec = pretrained.eval_spec("vit_b_16:IMAGENET1K_V1")
     assert (spec["resize_size"], spec["crop_size"], spec["interpolation"]) == (256, 224, "bilinear")
 
 
@@ -238,35 +267,36 @@ def test_unknown_preset():
 ])
 def test_unknown_weight_names(name, message):
     with pytest.raises(ValueError, match=message):
-        vit.pretrained_eval_spec(name)
+        pretrained.eval_spec(name)
     with pytest.raises(ValueError, match=message):
-        vit.load_pretrained(name, weights_file="unused.pth")
+        pretrained.load(name, weights_file="unused.pth")
 
 
 def test_missing_weight_file(tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match=r"nope\.pth.*not found.*https://download\.pytorch\.org"):
-        vit.load_pretrained("vit_b_16:IMAGENET1K_V1", weights_file=missing)
+        pretrained.load("vit_b_16:IMAGENET1K_V1", weights_file=missing)
 
 
 def test_wrong_file_for_weights(tmp_path):
     path = tmp_path / "b32.pth"
     torch.save(torchvision.models.vit_b_32(num_classes=10).state_dict(), path)
-    with pytest.raises(ValueError, match=r"10-class ViT but vit_b_32:IMAGENET1K_V1 is 224 px, 1000 classes"):
-        vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path))
+    with pytest.raises(ValueError, match=r"b32\.pth holds a ViT with num_classes=10 but "
+                                         r"vit_b_32:IMAGENET1K_V1 has num_classes=1000"):
+        pretrained.load("vit_b_32:IMAGENET1K_V1", weights_file=str(path))
     with pytest.raises(ValueError, match=r"wrong file"):  # also when the caller asks for a new head
-        vit.load_pretrained("vit_b_32:IMAGENET1K_V1", weights_file=str(path), num_classes=10)
+        pretrained.load("vit_b_32:IMAGENET1K_V1", weights_file=str(path), num_classes=10)
 
 
 def test_shape_mismatch():
     state = torchvision.models.vit_b_32().state_dict()
     state["encoder.layers.encoder_layer_2.mlp.0.weight"] = torch.zeros(100, 768)
     with pytest.raises(ValueError, match=r"shape mismatch for blocks\.2\.mlp\.fc1\.weight.*\(100, 768\).*\(3072, 768\)"):
-        vit.from_torchvision(state)
+        pretrained.from_torchvision(state)
     with pytest.raises(ValueError, match=r"not a torchvision VisionTransformer state dict"):
-        vit.from_torchvision({"weight": torch.zeros(1)})
+        pretrained.from_torchvision({"weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"shape mismatch for patch_embed"):
-        vit.from_torchvision(torchvision.models.vit_b_32().state_dict(), patch_size=16)
+        pretrained.from_torchvision(torchvision.models.vit_b_32().state_dict(), patch_size=16)
 
 
 def test_image_size_not_divisible_by_patch():

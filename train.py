@@ -32,6 +32,7 @@ import distributed
 import evaluate
 import llb
 import plots
+import pretrained
 import recipe
 import vit
 from checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
@@ -63,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help="ViT preset (default: fits the image size)")
     g("--patch-size", type=int, help="default: 8 on synthetic, 4 up to 64 px, else the preset's")
-    g("--pretrained", help="torchvision weights, e.g. vit_b_16:IMAGENET1K_SWAG_E2E_V1")
+    g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
+      "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
     g("--dropout", type=float, help="ViT dropout (default 0)")
@@ -156,8 +158,8 @@ def build_model(r: recipe.Recipe, num_classes: int) -> torch.nn.Module:
                                       source=r.backbone)
         model = model.backbone if isinstance(model, llb.LLB) else model
     elif r.pretrained:
-        model = vit.load_pretrained(r.pretrained, weights_file=r.weights_file,
-                                    num_classes=num_classes, dropout=r.dropout)
+        model = pretrained.load(r.pretrained, weights_file=r.weights_file,
+                                num_classes=num_classes, dropout=r.dropout)
     else:
         patch = {} if r.patch_size is None else {"patch_size": r.patch_size}
         model = vit.create_vit(r.model, image_size=r.image_size, num_classes=num_classes,

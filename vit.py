@@ -1,4 +1,4 @@
-"""A compact Vision Transformer, written from scratch, that loads torchvision's ViT weights exactly.
+"""A compact Vision Transformer, written from scratch: the model only (pretrained.py loads weights).
 
 Paper: "An Image is Worth 16x16 Words", Dosovitskiy et al., ICLR 2021 (arXiv:2010.11929).
 Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-attention):
@@ -7,14 +7,15 @@ Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-at
     (2) z'_l = MSA(LN(z_{l-1})) + z_{l-1}                    l = 1..L
     (3) z_l  = MLP(LN(z'_l)) + z'_l                          l = 1..L
     (4) y    = LN(z_L^0)                                     then logits = head(y)
+        or, with pool="avg", y = LN(mean_i z_L^i), i = 1..N  (global average pooling, as MAE)
     (5) [q, k, v] = z U_qkv          (6) A = softmax(q k^T / sqrt(D_h))
     (7) SA(z) = A v                  (8) MSA(z) = [SA_1(z); ...; SA_H(z)] U_msa
 
 Symbols used throughout: B batch, N patch tokens (+1 class token), D width, H heads,
 L depth, P patch size. `forward(x, return_blocks=True)` also returns z_1..z_L, the output of
 every block, which is where LLB branches off (llb.py). Grep for "ViT Eq. (k)" to find each one.
+The parameter names are timm's (except class_token), so pretrained.py's converters stay small.
 """
-import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -130,12 +131,14 @@ class ViTConfig:
     channels: int = 3  # input channels C
     dropout: float = 0.0  # dropout after embeddings, attention and MLP (0 for fine-tuning)
     attention_dropout: float = 0.0  # dropout on the attention weights A of Eq. (6)
+    pool: str = "token"  # y of Eq. (4): "token" LN(z_L^0), or "avg" LN(mean of the N patch tokens)
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim",
                      "num_classes", "channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ViTConfig.{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"ViTConfig.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "
@@ -143,6 +146,9 @@ class ViTConfig:
                 f"(e.g. {self.image_size // self.patch_size * self.patch_size or self.patch_size})")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.pool not in ("token", "avg"):
+            raise ValueError(f"ViTConfig.pool must be 'token' (class token, ViT Eq. (4)) or 'avg' "
+                             f"(mean of the patch tokens), got {self.pool!r}")
 
     @property
     def num_patches(self) -> int:  # N
@@ -162,7 +168,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(width=c.width, heads=c.heads, mlp_dim=c.mlp_dim, dropout=c.dropout,
                   attention_dropout=c.attention_dropout) for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.width, eps=1e-6)
+        self.norm = nn.LayerNorm(c.width, eps=1e-6)  # LN of Eq. (4); timm's fc_norm if pool="avg"
         self.head = nn.Linear(c.width, c.num_classes)
         self.reset_parameters()
 
@@ -180,15 +186,25 @@ class ViT(nn.Module):
         """ViT Eq. (1): images (B, C, H, W) -> token sequence z_0 (B, 1 + N, D)."""
         size = self.config.image_size
         if x.ndim != 4 or x.shape[1] != self.config.channels or x.shape[-2:] != (size, size):
-            raise ValueError(f"expected images of shape (B, {self.config.channels}, {size}, {size}), "
-                             f"got {tuple(x.shape)}; resize/crop inputs to the model's image_size")
+            raise ValueError(f"expected images of shape (B, {self.config.channels}, {size}, "
+                             f"{size}), got {tuple(x.shape)}; resize/crop inputs to the model's "
+                             f"image_size")
         patches = self.patch_embed(x)  # (B, N, D): x_p^i E
         cls = self.class_token.expand(x.shape[0], -1, -1)  # (B, 1, D): x_class
         return self.drop(torch.cat([cls, patches], dim=1) + self.pos_embed)  # (B, 1 + N, D)
 
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """ViT Eq. (4): last block's output z_L (B, 1 + N, D) -> y (B, D), what the head reads."""
+        if self.config.pool == "avg":
+            # Note: global average pooling instead of the class token (the ViT paper's "GAP"
+            # variant; MAE fine-tunes this way): y = LN(mean_i z_L^i) over the N patch tokens
+            return self.norm(z[:, 1:].mean(dim=1))  # (B, N, D) -> (B, D)
+        # ViT Eq. (4): y = LN(z_L^0), the class token
+        return self.norm(z[:, 0])  # (B, D)
+
     def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """ViT Eq. (4) and the head: last block's output z_L (B, 1 + N, D) -> logits (B, classes)."""
-        return self.head(self.norm(z[:, 0]))  # y = LN(z_L^0); logits = y W_head + b
+        """The head on ViT Eq. (4): last block's output z_L (B, 1 + N, D) -> logits (B, classes)."""
+        return self.head(self.features(z))  # logits = y W_head + b
 
     def forward(self, x: torch.Tensor, *, return_blocks: bool = False):
         """Logits (B, classes); with return_blocks=True also [z_1, ..., z_L], each (B, 1 + N, D)."""
@@ -237,7 +253,10 @@ PRESETS = {name: dict(size) for name, size in _SIZES.items()} | {
 
 
 def create_vit(name: str, **overrides) -> ViT:
-    """A ViT from a preset name, any ViTConfig field overridden: create_vit("tiny", image_size=32, patch_size=4)."""
+    """A ViT from a preset name, any ViTConfig field overridden.
+
+    Example: create_vit("tiny", image_size=32, patch_size=4).
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown ViT preset {name!r}; expected one of {', '.join(PRESETS)}")
     valid = {f.name for f in fields(ViTConfig)}
@@ -245,142 +264,3 @@ def create_vit(name: str, **overrides) -> ViT:
     if unknown:
         raise ValueError(f"unknown ViT option(s) {sorted(unknown)}; valid options: {sorted(valid)}")
     return ViT(ViTConfig(**(PRESETS[name] | overrides)))
-
-
-# ----------------------------------------------------------------------------- torchvision weights
-# Everything below converts torchvision's VisionTransformer naming into this file's; the model
-# code above does not know torchvision exists.
-
-_WIDTH_TO_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # heads are not visible in shapes
-
-
-def _torchvision_key(ours: str) -> str:
-    """Our parameter name -> torchvision's, e.g. blocks.3.attn.qkv.weight -> ...in_proj_weight."""
-    fixed = {"patch_embed.proj": "conv_proj", "class_token": "class_token",
-             "pos_embed": "encoder.pos_embedding", "norm": "encoder.ln", "head": "heads.head"}
-    for a, b in fixed.items():
-        if ours == a or ours.startswith(a + "."):
-            return b + ours[len(a):]
-    _, i, rest = ours.split(".", 2)  # "blocks", layer index, the rest
-    rest = {"attn.qkv.weight": "self_attention.in_proj_weight",
-            "attn.qkv.bias": "self_attention.in_proj_bias"}.get(rest, rest)
-    for a, b in (("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.proj", "self_attention.out_proj"),
-                 ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.3")):
-        rest = rest.replace(a, b)
-    return f"encoder.layers.encoder_layer_{i}.{rest}"
-
-
-def resize_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """(1, 1 + n*n, D) -> (1, 1 + grid*grid, D): bicubic over the patch grid, class slot kept.
-
-    Same interpolation as torchvision's `interpolate_embeddings` (bicubic, align_corners=True).
-    """
-    cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
-    n, D = math.isqrt(patches.shape[1]), patches.shape[2]
-    patches = patches.reshape(1, n, n, D).permute(0, 3, 1, 2)  # (1, D, n, n)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=True)
-    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, D)], dim=1)
-
-
-def from_torchvision(model_or_state_dict, **overrides) -> ViT:
-    """A ViT holding the weights of a torchvision VisionTransformer (module or state dict).
-
-    The architecture is read off the tensors' shapes (heads from the module, else from the
-    width). Overrides: `image_size` (the position embedding is interpolated), `num_classes`
-    (a new zero-initialised head replaces the released one), dropout rates, and `heads`.
-    """
-    if isinstance(model_or_state_dict, nn.Module):
-        state = model_or_state_dict.state_dict()
-        overrides.setdefault("heads", model_or_state_dict.encoder.layers[0].self_attention.num_heads)
-    else:
-        state = dict(model_or_state_dict)
-    state = {k.replace("mlp.linear_1", "mlp.0").replace("mlp.linear_2", "mlp.3"): v  # torchvision < 0.13
-             for k, v in state.items()}
-    needed = ("conv_proj.weight", "class_token", "encoder.pos_embedding", "heads.head.weight")
-    missing = [k for k in needed if k not in state]
-    if missing:
-        raise ValueError(f"not a torchvision VisionTransformer state dict: missing {missing} "
-                         f"(expected keys like those of torchvision.models.vit_b_16().state_dict())")
-    width, _, patch, _ = state["conv_proj.weight"].shape
-    grid = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1)
-    found = dict(
-        image_size=grid * patch, patch_size=patch, width=width,
-        depth=len({k.split(".")[2] for k in state if k.startswith("encoder.layers.")}),
-        heads=_WIDTH_TO_HEADS.get(width, max(1, width // 64)),
-        mlp_dim=state["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0],
-        num_classes=state["heads.head.weight"].shape[0])
-    model = ViT(ViTConfig(**(found | overrides)))
-    c = model.config
-
-    converted, unused = {}, set(state)
-    for name, target in model.state_dict().items():
-        key = _torchvision_key(name)
-        if key not in state:
-            raise ValueError(f"torchvision state dict has no {key!r} (needed for {name}); "
-                             f"expected a {c.depth}-block ViT like torchvision's")
-        unused.discard(key)
-        tensor = state[key]
-        if name == "pos_embed" and tensor.shape != target.shape and tensor.shape[2] == c.width:
-            tensor = resize_pos_embed(tensor, c.image_size // c.patch_size)
-        if name.startswith("head.") and c.num_classes != found["num_classes"]:
-            continue  # a new head for a new label set: keep the zero init
-        if tensor.shape != target.shape:
-            raise ValueError(f"shape mismatch for {name} (torchvision {key}): weights have "
-                             f"{tuple(tensor.shape)}, a ViT with {c} expects {tuple(target.shape)}")
-        converted[name] = tensor
-    extra = sorted(k for k in unused if not k.startswith("heads.head."))
-    if extra:
-        raise ValueError(f"unexpected torchvision keys {extra[:5]}: the weights have more blocks "
-                         f"or parts than a ViT with depth={c.depth} (e.g. representation_size heads)")
-    model.load_state_dict(converted, strict=False)
-    return model
-
-
-def torchvision_weights(name: str):
-    """'vit_b_16:IMAGENET1K_SWAG_E2E_V1' -> (architecture, torchvision WeightsEnum member)."""
-    from torchvision.models import get_model_weights
-
-    archs = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
-    arch, _, tag = name.partition(":")
-    if arch not in archs or not tag:
-        raise ValueError(f"unknown weights {name!r}; expected 'ARCH:WEIGHTS' with ARCH one of "
-                         f"{', '.join(archs)}, e.g. 'vit_b_16:IMAGENET1K_SWAG_E2E_V1'")
-    enum = get_model_weights(arch)
-    if tag not in enum.__members__:
-        raise ValueError(f"unknown weights {tag!r} for {arch}; torchvision has "
-                         f"{', '.join(m for m in enum.__members__ if m != 'DEFAULT')}")
-    return arch, enum[tag]
-
-
-def pretrained_eval_spec(name: str) -> dict:
-    """The eval transform of torchvision weights, as data.py takes it (no download needed)."""
-    t = torchvision_weights(name)[1].transforms()
-    return dict(resize_size=t.resize_size[0], crop_size=t.crop_size[0], mean=tuple(t.mean),
-                std=tuple(t.std), interpolation=t.interpolation.value)
-
-
-def load_pretrained(name: str, *, weights_file: str | None = None, **overrides) -> ViT:
-    """A ViT with torchvision's released weights, e.g. load_pretrained("vit_b_16:IMAGENET1K_V1").
-
-    Downloads through torchvision's own cache ($TORCH_HOME), or reads `weights_file`, a local
-    copy of the same .pth (for machines without internet).
-    """
-    arch, weights = torchvision_weights(name)
-    if weights_file is None:
-        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    else:
-        import os
-
-        if not os.path.isfile(weights_file):
-            raise FileNotFoundError(f"weights file {weights_file!r} not found; expected the .pth "
-                                    f"of {name}, downloadable from {weights.url}")
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    model = from_torchvision(state, heads=PRESETS[arch]["heads"], **overrides)  # checks the keys
-    # The file's own size and classes (before any override) must be those of the named weights.
-    grid = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1)
-    found = (grid * PRESETS[arch]["patch_size"], state["heads.head.weight"].shape[0])
-    expected = (weights.meta["min_size"][0], len(weights.meta["categories"]))
-    if found != expected:
-        raise ValueError(f"{weights_file or name} holds a {found[0]} px, {found[1]}-class ViT but "
-                         f"{name} is {expected[0]} px, {expected[1]} classes: wrong file for {name}?")
-    return model
