@@ -25,14 +25,16 @@ import vit
 # Which defaults a stage takes (the `defaults` field of a Recipe):
 #   scratch:  a ViT trained from scratch, the DeiT-style AdamW setting (Touvron et al., 2021)
 #   finetune: a ViT from released weights or a checkpoint: the same with a 10x smaller lr
-#   llb:      LLB on a frozen ViT, the authors' recipe (their paper and code)
+#   llb:      LLB on a frozen ViT, the authors' recipe exactly (their code): Adam with coupled L2
+#             on every trainable parameter, no gradient clipping, no warmup, cosine over the whole
+#             run down to eta_min 5e-5, evaluation in fp32
 STAGE_DEFAULTS = {
     "scratch": dict(optimizer="adamw", lr=1e-3, min_lr=0.0, weight_decay=0.05, decay_all=False,
                     warmup_epochs=1.0, clip_grad=1.0, eval_amp=True),
     "finetune": dict(optimizer="adamw", lr=1e-4, min_lr=0.0, weight_decay=0.05, decay_all=False,
                      warmup_epochs=1.0, clip_grad=1.0, eval_amp=True),
-    "llb": dict(optimizer="adam", lr=1e-4, min_lr=0.0, weight_decay=1e-4, decay_all=False,
-                warmup_epochs=0.0, clip_grad=1.0, eval_amp=True),
+    "llb": dict(optimizer="adam", lr=1e-4, min_lr=5e-5, weight_decay=1e-4, decay_all=True,
+                warmup_epochs=0.0, clip_grad=0.0, eval_amp=False),
 }
 # The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
 # larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
@@ -156,6 +158,9 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         values["model"] = pick("model", default_preset(dataset, values["image_size"]))
         values["patch_size"] = pick("patch_size", default_patch(dataset, values["image_size"]))
     values["llb"] = llb_options(args, base, demo) if stage == "llb" else None
+    if values["min_lr"] > values["lr"]:
+        raise ValueError(f"the {stage} stage's floor of the learning rate, {values['min_lr']:g}, "
+                         f"is above its peak {values['lr']:g}: lower --min-lr or raise --lr")
     return Recipe(stage=stage, defaults=defaults, **values)
 
 

@@ -54,6 +54,30 @@ def test_each_stage_resolves_its_own_defaults():
     assert (r.augment, r.model, r.patch_size, r.lr) == ("basic", "tiny", 4, 1e-3)
 
 
+def test_the_llb_stage_defaults_to_the_authors_recipe_exactly():
+    """Adam with coupled L2 1e-4 on every trainable parameter (biases and LayerNorms too), no
+    clipping, no warmup, cosine to eta_min 5e-5, fp32 evaluation; a ViT keeps its own."""
+    (v, _), (r, _) = train.plan(train.parse_args(["--dataset", "folder", "--data-dir", "x"]))
+    assert (r.optimizer, r.weight_decay, r.decay_all, r.clip_grad) == ("adam", 1e-4, True, 0.0)
+    assert (r.lr, r.min_lr, r.warmup_epochs, r.eval_amp) == (1e-4, 5e-5, 0.0, False)
+    assert (v.optimizer, v.decay_all, v.clip_grad, v.eval_amp) == ("adamw", False, 1.0, True)
+    model = train.build_model(v, num_classes=3)
+    params = list(model.parameters())
+    opt = recipe.build_optimizer(params, name=r.optimizer, lr=r.lr, weight_decay=r.weight_decay,
+                                 decay_all=r.decay_all, device=torch.device("cpu"))
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    (group,) = opt.param_groups
+    assert group["weight_decay"] == 1e-4 and len(group["params"]) == len(params)
+    opt = recipe.build_optimizer(params, name="adamw", lr=1e-3, weight_decay=0.05,
+                                 decay_all=False, device=torch.device("cpu"))
+    decayed, plain = opt.param_groups
+    assert all(p.ndim >= 2 for p in decayed["params"]) and plain["weight_decay"] == 0.0
+    assert all(p.ndim < 2 for p in plain["params"])
+    with pytest.raises(ValueError, match=r"floor of the learning rate, 5e-05, is above its peak"):
+        train.plan(train.parse_args(["--method", "llb", "--dataset", "folder", "--data-dir", "x",
+                                     "--pretrained", "vit_b_16:IMAGENET1K_V1", "--lr", "1e-5"]))
+
+
 def test_layer_is_checked_against_the_backbone_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"layer must be an int in 1\.\.4"):
         train.main(TINY + ["--layer", "9", "--out-dir", str(tmp_path / "run")])
