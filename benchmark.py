@@ -85,7 +85,8 @@ def build_model(name: str, args) -> nn.Module:
     """One of MODELS, on the CPU, freshly initialised (weights do not change timings)."""
     c = vit_config(args)
     if name == "torchvision_vit":
-        return VisionTransformer(image_size=c.image_size, patch_size=c.patch_size, num_layers=c.depth,
+        return VisionTransformer(image_size=c.image_size, patch_size=c.patch_size,
+                                 num_layers=c.depth,
                                  num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
                                  num_classes=c.num_classes)
     model = vit.ViT(c)
@@ -105,7 +106,8 @@ def vit_train_flops(c: vit.ViTConfig, batch: int) -> float:
     training = 3 x forward (backward = 2 x forward); recomputation is not counted."""
     N, T, D = c.num_patches, c.num_patches + 1, c.width
     per_block = 2 * (4 * D * D + 2 * D * c.mlp_dim) * T + 2 * 2 * T * T * D
-    forward = c.depth * per_block + 2 * N * c.patch_size ** 2 * c.channels * D + 2 * D * c.num_classes
+    embed = 2 * N * c.patch_size ** 2 * c.channels * D
+    forward = c.depth * per_block + embed + 2 * D * c.num_classes
     return 3 * forward * batch
 
 
@@ -272,10 +274,12 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
     mfu, mfu_note = None, "CUDA only"
     if device.type == "cuda":
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        mfu_note = f"vs dense bf16 peak {peak:.3g} FLOP/s" if peak else f"unknown peak FLOP/s for {name}"
+        mfu_note = (f"vs dense bf16 peak {peak:.3g} FLOP/s" if peak
+                    else f"unknown peak FLOP/s for {name}")
         mfu_note += "" if args.amp == "bf16" else f" (amp {args.amp}: not bf16 matmuls)"
         if peak:  # model FLOPs per second of the ViT train step / the GPU's peak
-            mfu = vit_train_flops(c, args.batch_size) / (results["vit"]["train_ms_per_step"] / 1e3) / peak
+            seconds = results["vit"]["train_ms_per_step"] / 1e3
+            mfu = vit_train_flops(c, args.batch_size) / seconds / peak
     results["vit"]["mfu"] = mfu
 
     report = {
@@ -296,12 +300,14 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\n{c.depth}-block ViT, D={c.width}, {c.image_size} px, P={c.patch_size}, batch {args.batch_size}, "
+    print(f"\n{c.depth}-block ViT, D={c.width}, {c.image_size} px, P={c.patch_size}, "
+          f"batch {args.batch_size}, "
           f"amp {args.amp}{', compiled' if args.compile else ''}, {name}, median of {steps} steps")
     print(f"{'model':<17}{'train img/s':>12}{'eval img/s':>12}{'train vs tv':>12}{'eval vs tv':>12}"
           f"{'peak MB':>10}")
     for m, r in results.items():
-        print(f"{m:<17}{r['train_img_s']:>12.2f}{r['eval_img_s']:>12.2f}{r['train_vs_torchvision']:>11.2f}x"
+        print(f"{m:<17}{r['train_img_s']:>12.2f}{r['eval_img_s']:>12.2f}"
+              f"{r['train_vs_torchvision']:>11.2f}x"
               f"{r['eval_vs_torchvision']:>11.2f}x{r['peak_mem_mb']:>10.0f}")
     print(f"LLB train step / ViT full fine-tune step: {llb_vs_vit:.2f}")
     print(f"ViT train MFU: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({mfu_note})")

@@ -31,7 +31,8 @@ OBJECT_COLOURS = ((.9, .2, .2), (.9, .32, .2), (.2, .8, .3), (.2, .8, .42), (.25
                   (.37, .4, .95), (.9, .85, .2), (.9, .85, .2), (.85, .3, .85), (.85, .3, .85),
                   (.2, .85, .85), (.2, .85, .85))
 DOTTED_TYPES = (7, 9, 11)
-SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")  # object type t has shape t // 2
+# object type t has shape t // 2
+SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")
 RANKING = (0, 3, 4, 7, 8, 11, 1, 2, 5, 6, 9, 10)  # RANKING[r] = object type of importance rank r
 
 

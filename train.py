@@ -124,7 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def plan(args) -> list[tuple[recipe.Recipe, Path]]:
     """Each stage's recipe and folder, resolved and checked before anything is built."""
     out = Path(args.out_dir)
-    stages = [("vit", out / "vit"), ("llb", out)] if args.method == "vit+llb" else [(args.method, out)]
+    stages = [(args.method, out)]
+    if args.method == "vit+llb":  # the ViT stage into <out>/vit, then LLB on it into <out>
+        stages = [("vit", out / "vit"), ("llb", out)]
     source, source_vit = saved_recipe(args.backbone) if args.backbone else (None, None)
     if source is None and source_vit is not None:  # an older checkpoint: its size at least
         source = {"image_size": source_vit["image_size"]}
@@ -217,7 +219,8 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
         if i % LOG_EVERY == LOG_EVERY - 1 or i == steps - 1:  # one host sync per LOG_EVERY steps
             means = dict(zip(stats, (sums / (i + 1)).tolist()))
             check_finite(int(first_bad), epoch, means["total"])
-            bar.set_postfix(loss=f"{means['total']:.3f}", acc=f"{means['top1']:.1f}", lr=f"{lr:.2g}")
+            bar.set_postfix(loss=f"{means['total']:.3f}", acc=f"{means['top1']:.1f}",
+                            lr=f"{lr:.2g}")
     return dict(zip(stats, sums)) | {"steps": steps}
 
 
@@ -283,7 +286,8 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args) -> d
     if not results:
         results = evaluate.evaluate(net, val_loader, device, eval_autocast)
     distributed.check_replicas(model)
-    results = {f"{m}_{p}": results.get(f"{m}_{p}") for p in evaluate.PREDICTIONS for m in ("top1", "top5")}
+    results = {f"{m}_{p}": results.get(f"{m}_{p}")
+               for p in evaluate.PREDICTIONS for m in ("top1", "top5")}
     if is_master():
         summary = dict(results, stage=r.stage, dataset=info.name, epochs=r.epochs)
         (folder / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -315,7 +319,8 @@ def log_epoch(r, folder: Path, epoch: int, means: dict, results: dict, img_s: fl
         f.write(json.dumps(record) + "\n")
     plots.write_curves(folder / "metrics.jsonl", folder / "curves.png",
                        title=f"{folder}: {r.stage} stage on {r.dataset} (validation split)")
-    val = "  ".join(f"{p} {results['top1_' + p]:.1f}" for p in evaluate.PREDICTIONS if "top1_" + p in results)
+    val = "  ".join(f"{p} {results['top1_' + p]:.1f}"
+                    for p in evaluate.PREDICTIONS if "top1_" + p in results)
     tqdm.write(f"[{r.stage}] epoch {epoch + 1}/{r.epochs}  loss {means['total']:.3f}  train "
                f"{means['top1']:.1f}%  val top-1: {val}  |  {img_s:.0f} img/s  {seconds:.1f} s")
 

@@ -67,8 +67,9 @@ class Attention(nn.Module):
         # ViT Eq. (5): [q, k, v] = z U_qkv, split into H heads of size D_h = D / H
         q, k, v = self.qkv(z).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, H, N, D_h) each
-        # ViT Eqs. (6)-(7): SA(z) = softmax(q k^T / sqrt(D_h)) v, fused (flash/memory-efficient kernel)
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        # ViT Eqs. (6)-(7): SA(z) = softmax(q k^T / sqrt(D_h)) v, one fused kernel
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         a = a.transpose(1, 2).reshape(B, N, D)  # (B, H, N, D_h) -> concatenated heads (B, N, D)
         # ViT Eq. (8): MSA(z) = [SA_1; ...; SA_H] U_msa
         return self.proj(a)
