@@ -5,7 +5,8 @@
 DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
 Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 superclasses),
 `imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365` (torchvision, high
-resolution), `inat2018` (torchvision images, official train2018.json / val2018.json split).
+resolution), `inat2018` (official train2018.json / val2018.json split). Image files, folders and
+iNat are read by images.py (any PIL mode to 8-bit RGB: 16-bit scaled, transparency on white).
 
 Augmentation (`augment`): `paper` is the authors' recipe for LLB on a pretrained backbone,
 train = Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) -> normalize (on CIFAR:
@@ -14,10 +15,11 @@ with padding + flip; photo and folder sets: random-resized crop + flip); `none` 
 eval framing. Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
 transform of pretrained weights) sizes, interpolation, mean and std come from the weights.
 
-A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB, train
-first, then val, from one budget) is decoded once into memory by images.py: an epoch then costs
-no decoding, and its loader defaults to 0 workers. Larger sets stream, decoding every epoch.
-Under DDP every process holds its own copy.
+A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
+first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
+epoch then decodes nothing and its loader defaults to 0 workers; larger sets stream, decoding
+every epoch. The leading Resize/CenterCrop runs once at decode time with the same PIL calls as
+streaming, so eval tensors are identical either way. Under DDP each process holds a copy.
 
 `read_real_labels` and `real_hits` score ImageNet validation predictions against ImageNet-ReaL.
 The default set, `synthetic`, is generated in memory by synthetic.py.
@@ -120,13 +122,15 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
             train_steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
         else:
             train_steps = val_steps
-    tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    # PIL image (or a decoded uint8 tensor, passed through) -> plain float tensor, normalized
+    tensor = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
 
 
 # ----------------------------------------------------------------------------- torchvision sets
 def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
-                download: bool) -> tuple[Dataset, Dataset, DataInfo]:
+                download: bool) -> tuple[Dataset, Dataset, list[str], list | None, list | None]:
+    """(train, val, class names, coarse_of_class, coarse_names): superclasses for cifar100."""
     cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     data_dir = Path(root) / cls.base_folder
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
@@ -143,14 +147,13 @@ def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
                            f"({err}); delete {data_dir} and {CIFAR_HINT}") from err
     except OSError as err:
         raise RuntimeError(f"{name}: download into {root} failed ({err}); {CIFAR_HINT}") from err
-    info = DataInfo(name=name, num_classes=len(train.classes), image_size=32,
-                    class_names=list(train.classes), augment="none")
-    if name == "cifar100":
-        info.coarse_of_class, info.coarse_names = read_cifar100_hierarchy(
-            data_dir, num_classes=len(train.classes))
     for split in (train, val):  # decoded arrays already: loaders default to 0 workers
         split.in_memory = True
-    return train, val, info
+    if name == "cifar10":
+        return train, val, list(train.classes), None, None
+    coarse_of_class, coarse_names = read_cifar100_hierarchy(data_dir,
+                                                            num_classes=len(train.classes))
+    return train, val, list(train.classes), coarse_of_class, coarse_names
 
 
 def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, list]:
@@ -249,31 +252,30 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         augment = "none" if name == "synthetic" else "basic"
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
                                              augment=augment)
+    coarse_of_class = None
+    coarse_names = None
     if name == "synthetic":  # classes are exactly balanced: M per class = 10 M images
         sizes = {} if max_per_class is None else {"num_images": SYNTHETIC_CLASSES * max_per_class}
         train = SyntheticObjects("train", seed=seed, transform=train_tf, **sizes)
         val = SyntheticObjects("val", seed=seed, transform=val_tf, **sizes)
+        class_names = train.class_names
         # Superclass = the deciding object's shape: twin classes (e.g. "red square" and its
         # greener twin) share one, so look-alike, semantically unrelated classes are grouped.
-        info = DataInfo(name=name, num_classes=SYNTHETIC_CLASSES, image_size=size,
-                        class_names=train.class_names, augment=augment,
-                        coarse_of_class=[RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)],
-                        coarse_names=list(SHAPE_NAMES))
+        coarse_of_class = [RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)]
+        coarse_names = list(SHAPE_NAMES)
     elif name in CIFAR_STATS:
-        train, val, info = build_cifar(name, root, train_tf=train_tf, val_tf=val_tf,
-                                       download=download)
+        train, val, class_names, coarse_of_class, coarse_names = build_cifar(
+            name, root, train_tf=train_tf, val_tf=val_tf, download=download)
     elif name in ("imagenet", "folder"):
         train, val = build_image_folder(name, root, classes=classes, max_per_class=max_per_class,
                                         train_tf=train_tf, val_tf=val_tf)
-        info = DataInfo(name=name, num_classes=len(train.class_names), image_size=size,
-                        class_names=train.class_names, augment=augment)
+        class_names = train.class_names
     else:
         build = build_places365 if name == "places365" else build_inat2018
         train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download)
-        info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
-                        class_names=class_names, augment=augment)
-    info.image_size = size
-    info.augment = augment
+    info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
+                    class_names=class_names, augment=augment, coarse_of_class=coarse_of_class,
+                    coarse_names=coarse_names)
     if info.num_classes < 2:
         raise ValueError(f"{name}: {root} has {info.num_classes} class; a classifier needs at "
                          "least 2 classes")

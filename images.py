@@ -58,14 +58,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, CMYK ((255 - C)(255 - K) / 255), YCbCr, RGB
 
 
+def _unreadable(path: str, err: Exception) -> RuntimeError:
+    return RuntimeError(f"cannot read image file {path} ({err}); replace or delete it (it is "
+                        "never skipped silently)")
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode an image; failure raises instead of skipping, which would shift labels."""
     try:
         with Image.open(path) as image:
             return to_rgb(image)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise RuntimeError(f"cannot read image file {path} ({err}); replace or delete it "
-                           "(it is never skipped silently)") from err
+        raise _unreadable(path, err) from err
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -74,8 +78,7 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise RuntimeError(f"cannot read image file {path} ({err}); replace or delete it "
-                           "(it is never skipped silently)") from err
+        raise _unreadable(path, err) from err
 
 
 def split_framing(transform: v2.Compose) -> tuple[list, list]:

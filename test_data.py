@@ -145,7 +145,7 @@ def test_cifar100_exposes_superclasses(cifar_root):
 
 def test_cifar_augmentations(cifar_root):
     root, _ = cifar_root
-    tensor = ["ToImage", "ToDtype", "Normalize"]
+    tensor = ["PILToTensor", "ToDtype", "Normalize"]
     crop_flip = ["RandomCrop", "RandomHorizontalFlip"]
     for augment, steps in (("paper", crop_flip + ["RandAugment"]), ("basic", crop_flip),
                            ("none", [])):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import benchmark_data
 import data
 import images
 
@@ -141,7 +142,7 @@ def test_folder_sizes_labels_and_paper_transforms(folder_root):
     expected = (torch.tensor([200, 30, 90]) / 255 - mean) / std
     assert torch.allclose(x, expected[:, None, None].expand(3, 32, 32), atol=2e-2)
     assert [type(t).__name__ for t in train.transform.transforms] == [
-        "Resize", "CenterCrop", "RandAugment", "ToImage", "ToDtype", "Normalize"]
+        "Resize", "CenterCrop", "RandAugment", "PILToTensor", "ToDtype", "Normalize"]
     # the authors' recipe: bilinear Resize for training, bicubic for evaluation
     assert train.transform.transforms[0].size == [37]  # round(32 * 256 / 224)
     assert train.transform.transforms[0].interpolation.value == "bilinear"
@@ -302,7 +303,8 @@ def test_decoded_once_gives_the_streamed_eval_tensors_exactly(tmp_path):
     assert train.in_memory and val.in_memory and not s_train.in_memory and not s_val.in_memory
     assert val.images.shape == (18, 3, 32, 32) and val.images.dtype == torch.uint8
     # Tolerance 0: the framing (Resize, CenterCrop) runs once in PIL at decode time, the same
-    # calls streaming makes every epoch; only ToImage -> ToDtype -> Normalize run per item.
+    # calls streaming makes every epoch; per item only ToDtype -> Normalize run (PILToTensor
+    # passes tensors through).
     streamed = [s_val[i][0] for i in range(len(val))]
     for i in range(len(val)):
         assert torch.equal(val[i][0], streamed[i]) and val[i][1] == s_val[i][1]
@@ -348,3 +350,15 @@ def test_what_cannot_be_decoded_into_one_tensor_streams(tmp_path):
     assert not train.in_memory and val.in_memory  # the train set did not fit, val did
     assert torch.equal(val[3][0], data.build_datasets(
         "folder", str(root), image_size=32, augment="none", decode_budget_bytes=0)[1][3][0])
+
+
+def test_benchmark_data_compares_the_three_loaders(capsys):
+    benchmark_data.main(["--train-per-class", "13", "--val-per-class", "1", "--epochs", "1",
+                         "--augment", "basic"])  # one batch of 128 per epoch
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| (")]
+    workers = str(min(8, os.cpu_count()))  # the loader's default for a streamed set
+    assert [(r[0], r[1]) for r in rows] == [("| (a) streamed, basic", workers),
+                                            ("| (b) decoded once, basic", "0"),
+                                            ("| (c) TensorDataset", "0")]
+    assert rows[2][4] == "1.00x"  # the peer against itself
