@@ -5,12 +5,23 @@
 DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
 Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 superclasses),
 `imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365` (torchvision, high
-resolution), `inat2018` (torchvision images, official train2018.json / val2018.json split).
+resolution), `inat2018` (official train2018.json / val2018.json split). Image files, folders and
+iNat are read by images.py (any PIL mode to 8-bit RGB: 16-bit scaled, transparency on white).
 
-Transforms follow the authors' recipe: train = Resize 256 -> CenterCrop 224 -> RandAugment(3, 9)
--> normalize; eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval transform
-of pretrained torchvision weights) sizes, interpolation, mean and std come from the weights.
+Augmentation (`augment`): `paper` is the authors' recipe for LLB on a pretrained backbone,
+train = Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) -> normalize (on CIFAR:
+random crop + flip + RandAugment); `basic` is for a ViT trained from scratch (CIFAR: random crop
+with padding + flip; photo and folder sets: random-resized crop + flip); `none` trains on the
+eval framing. Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
+transform of pretrained weights) sizes, interpolation, mean and std come from the weights.
 
+A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
+first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
+epoch then decodes nothing and its loader defaults to 0 workers; larger sets stream, decoding
+every epoch. The leading Resize/CenterCrop runs once at decode time with the same PIL calls as
+streaming, so eval tensors are identical either way. Under DDP each process holds a copy.
+
+`read_real_labels` and `real_hits` score ImageNet validation predictions against ImageNet-ReaL.
 The default set, `synthetic`, is generated in memory by synthetic.py.
 """
 from __future__ import annotations
@@ -18,186 +29,108 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
+from torchvision.transforms import v2
 
+from images import build_image_folder, build_inat2018, decode_within_budget, load_rgb
 from synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD,
                        SyntheticObjects)
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
+AUGMENTS = ("paper", "basic", "none")
+DECODE_BUDGET_BYTES = 2 * 1024 ** 3  # decode a folder/imagenet split once if it fits, as uint8
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # compared lower-cased
-INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR,
-                  "bicubic": T.InterpolationMode.BICUBIC, "nearest": T.InterpolationMode.NEAREST}
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
+                  "bicubic": v2.InterpolationMode.BICUBIC, "nearest": v2.InterpolationMode.NEAREST}
 
 CIFAR_HINT = "pass --download or download from https://www.cs.toronto.edu/~kriz/cifar.html"
-IMAGENET_HINT = ("download ILSVRC2012 from https://image-net.org and arrange val/ into class "
-                 "folders, e.g. with the valprep.sh script")
-FOLDER_HINT = "arrange the images as root/train/<class>/<image> and root/val/<class>/<image>"
 PLACES_HINT = ("pass --download or download the high-resolution Places365-Standard images and "
                "file lists from http://places2.csail.mit.edu/download.html")
-INAT_URL = "https://github.com/visipedia/inat_comp/tree/master/2018"
+REAL_URL = "https://github.com/google-research/reassessed-imagenet"
+REAL_IMAGES = 50_000  # ImageNet-1k validation images, ILSVRC2012_val_00000001 .. 00050000
+REAL_CLASSES = 1000
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataInfo:
     name: str
     num_classes: int
     image_size: int  # H == W of the tensors the transforms produce
     class_names: list[str]
+    augment: str  # the training augmentation used, one of AUGMENTS
     coarse_of_class: list[int] | None = None  # superclass id of each fine class
     coarse_names: list[str] | None = None
-    in_memory: bool = False  # data already in RAM: loaders default to 0 workers
 
 
 # ----------------------------------------------------------------------------------- transforms
-def _framing(spec: dict) -> list:
-    return [T.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[spec["interpolation"]]),
-            T.CenterCrop(spec["crop_size"])]
+def _framing(spec: dict, interpolation: str) -> list:
+    return [v2.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[interpolation]),
+            v2.CenterCrop(spec["crop_size"])]
 
 
 def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None,
-                    randaugment: bool) -> tuple[Callable, Callable, int]:
-    """(train transform, val transform, output size) for dataset `name`."""
+                    augment: str) -> tuple[v2.Compose, v2.Compose, int]:
+    """(train transform, val transform, output size) for dataset `name` and `augment`."""
+    randaugment = [v2.RandAugment(num_ops=3, magnitude=9)]
     if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
-        (mean, std), framing, size = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD)), [], 32
-        if eval_spec:
-            framing, size = _framing(eval_spec), eval_spec["crop_size"]
-            mean, std = eval_spec["mean"], eval_spec["std"]
-        elif image_size and image_size != 32:  # nearest keeps the synthetic cells crisp
+        mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
+        framing = []
+        size = 32
+        if eval_spec is not None:
+            framing = _framing(eval_spec, eval_spec["interpolation"])
+            size = eval_spec["crop_size"]
+            mean = eval_spec["mean"]
+            std = eval_spec["std"]
+        elif image_size is not None and image_size != 32:  # nearest keeps the synthetic cells crisp
             mode = INTERPOLATIONS["nearest" if name == "synthetic" else "bicubic"]
-            framing, size = [T.Resize(image_size, interpolation=mode)], image_size
+            framing = [v2.Resize(image_size, interpolation=mode)]
+            size = image_size
         if name == "synthetic":  # already float tensors; never augmented (see SyntheticObjects)
-            transform = T.Compose(framing + [T.Normalize(mean, std)])
+            transform = v2.Compose(framing + [v2.Normalize(mean, std)])
             return transform, transform, size
-        augment = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-        augment += [T.RandAugment(num_ops=3, magnitude=9)] if randaugment else []
-        train_steps, val_steps = augment + framing, framing
-    else:  # photo sets: the authors' recipe, RandAugment always on
-        size = image_size or 224
-        spec = eval_spec or {"resize_size": round(size * 256 / 224), "crop_size": size,
-                             "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        val_steps, size, mean, std = _framing(spec), spec["crop_size"], spec["mean"], spec["std"]
-        train_steps = val_steps + [T.RandAugment(num_ops=3, magnitude=9)]
-    tensor = [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(train_steps + tensor), T.Compose(val_steps + tensor), size
-
-
-# ---------------------------------------------------------------------------------- image files
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image; failure raises instead of skipping, which would shift labels."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise RuntimeError(f"cannot read image file {path} ({err}); replace or delete it "
-                           "(it is never skipped silently)") from err
-
-
-class ImageFiles(Dataset):
-    """(path, label) pairs decoded lazily with `load_rgb`."""
-
-    in_memory = False
-
-    def __init__(self, samples: list[tuple[str, int]], class_names: list[str],
-                 transform: Callable) -> None:
-        self.samples, self.class_names, self.transform = samples, class_names, transform
-        self.targets = [label for _, label in samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
-
-
-def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and e.name[0] != ".")
-
-
-def _image_files(class_dir: Path, max_per_class: int | None) -> list[str]:
-    names = sorted(e.name for e in os.scandir(class_dir)  # scandir: no stat per file
-                   if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
-    return [str(class_dir / n) for n in names[:max_per_class]]
-
-
-def select_classes(available: list[str], classes: int | str | None, *, source: Path) -> list[str]:
-    """All classes, the first K in sorted order, or those a text file lists (in file order)."""
-    if classes is None:
-        return available
-    if isinstance(classes, str) and classes.strip().isdigit():
-        classes = int(classes)
-    if isinstance(classes, int):
-        if not 1 <= classes <= len(available):
-            raise ValueError(f"classes={classes} but {source} has {len(available)} class folders; "
-                             f"pass K between 1 and {len(available)}")
-        return available[:classes]
-    path = Path(classes)
-    if not path.is_file():
-        raise FileNotFoundError(f"class list file {path} not found; expected a text file with one "
-                                "class folder name (e.g. wnid n01440764) per line, or an integer K")
-    names = [n for n in (line.split("#")[0].strip() for line in path.read_text().splitlines()) if n]
-    unknown = [n for n in names if n not in set(available)]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"class list file {path} must name distinct class folders of {source}; "
-                         f"it has {len(names)} names, unknown: {unknown[:5]}; valid names look "
-                         f"like {available[:3]}")
-    return names
-
-
-def build_image_folder(name: str, root: str, *, classes: int | str | None,
-                       max_per_class: int | None, train_tf: Callable,
-                       val_tf: Callable) -> tuple[ImageFiles, ImageFiles]:
-    """root/train/<class>/* and root/val/<class>/*, labels 0..K-1 in class-list order."""
-    hint = IMAGENET_HINT if name == "imagenet" else FOLDER_HINT
-    layout = f"expected layout {root}/train/<class>/<image> and {root}/val/<class>/<image>"
-    base = Path(root)
-    if not base.is_dir() or not any(base.iterdir()):
-        state = "is empty" if base.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{name}: data root {base} {state}; {layout}. Fix: {hint}")
-    dirs = {"train": base / "train", "val": base / "val"}
-    for split_dir in dirs.values():
-        if not split_dir.is_dir():
-            raise FileNotFoundError(f"{name}: missing split folder {split_dir}; {layout}. "
-                                    f"Fix: {hint}")
-    available = _class_folders(dirs["train"])
-    if not available:
-        raise ValueError(f"{name}: {dirs['train']} has no class folders; {layout}. Fix: {hint}")
-    chosen = select_classes(available, classes, source=dirs["train"])
-    val_classes = set(_class_folders(dirs["val"]))
-    missing, extra = [c for c in chosen if c not in val_classes], sorted(val_classes - {*available})
-    if missing or extra:
-        raise ValueError(f"{name}: {dirs['val']} lacks class folders {missing[:5]} that train has "
-                         f"and has {extra[:5]} that train lacks; {layout}. Fix: {hint}")
-    if max_per_class is not None and max_per_class < 1:
-        raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    sets = []
-    for split, transform in (("train", train_tf), ("val", val_tf)):
-        samples = []
-        for label, class_name in enumerate(chosen):
-            files = _image_files(dirs[split] / class_name, max_per_class)
-            if not files:
-                raise ValueError(f"{name}: class folder {dirs[split] / class_name} has no images "
-                                 f"(extensions {IMAGE_EXTENSIONS}, any case); {layout}")
-            samples += [(f, label) for f in files]
-        sets.append(ImageFiles(samples, chosen, transform))
-    return sets[0], sets[1]
+        # basic: a random 32 px crop of the image zero-padded to 40 px, and a flip
+        crop_flip = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+        augment_steps = {"paper": crop_flip + randaugment, "basic": crop_flip, "none": []}
+        train_steps = augment_steps[augment] + framing
+        val_steps = framing
+    else:  # photo sets: 224 px by default
+        side = image_size if image_size is not None else 224
+        spec = eval_spec
+        if spec is None:
+            spec = {"resize_size": round(side * 256 / 224), "crop_size": side,
+                    "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        size = spec["crop_size"]
+        mean = spec["mean"]
+        std = spec["std"]
+        val_steps = _framing(spec, spec["interpolation"])
+        if augment == "paper":
+            # Note: the authors resize bilinearly for training and bicubically for evaluation
+            # (the eval side follows the weights' own transform when there is one).
+            train_steps = _framing(spec, "bilinear") + randaugment
+        elif augment == "basic":
+            train_steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+        else:
+            train_steps = val_steps
+    # PIL image (or a decoded uint8 tensor, passed through) -> plain float tensor, normalized
+    tensor = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
 
 
 # ----------------------------------------------------------------------------- torchvision sets
 def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
-                download: bool) -> tuple[Dataset, Dataset, DataInfo]:
+                download: bool) -> tuple[Dataset, Dataset, list[str], list | None, list | None]:
+    """(train, val, class names, coarse_of_class, coarse_names): superclasses for cifar100."""
     cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     data_dir = Path(root) / cls.base_folder
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
@@ -214,22 +147,23 @@ def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
                            f"({err}); delete {data_dir} and {CIFAR_HINT}") from err
     except OSError as err:
         raise RuntimeError(f"{name}: download into {root} failed ({err}); {CIFAR_HINT}") from err
-    info = DataInfo(name, len(train.classes), 32, list(train.classes), in_memory=True)
-    if name == "cifar100":
-        info.coarse_of_class, info.coarse_names, train.coarse_targets, val.coarse_targets = \
-            read_cifar100_hierarchy(data_dir, num_classes=len(train.classes))
-    train.in_memory = val.in_memory = True
-    return train, val, info
+    for split in (train, val):  # decoded arrays already: loaders default to 0 workers
+        split.in_memory = True
+    if name == "cifar10":
+        return train, val, list(train.classes), None, None
+    coarse_of_class, coarse_names = read_cifar100_hierarchy(data_dir,
+                                                            num_classes=len(train.classes))
+    return train, val, list(train.classes), coarse_of_class, coarse_names
 
 
-def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, list, list, list]:
-    """coarse_of_class, coarse_names and the per-sample coarse labels of train and test."""
+def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, list]:
+    """coarse_of_class (checked consistent over every sample of train and test), coarse_names."""
     def load(file: str) -> dict:
         with open(data_dir / file, "rb") as f:  # the archive's python-2 pickles
             entry = pickle.load(f, encoding="latin1")
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
-    coarse_of_class, per_split = [-1] * num_classes, []
+    coarse_of_class = [-1] * num_classes
     for file in ("train", "test"):
         entry = load(file)
         for fine, coarse in zip(entry["fine_labels"], entry["coarse_labels"]):
@@ -238,11 +172,10 @@ def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, 
                                    f"superclasses {coarse_of_class[fine]} and {coarse}; the file "
                                    f"is corrupted, delete {data_dir} and {CIFAR_HINT}")
             coarse_of_class[fine] = coarse
-        per_split.append(list(entry["coarse_labels"]))
     if -1 in coarse_of_class:
         raise RuntimeError(f"{data_dir}: fine class {coarse_of_class.index(-1)} has no samples, "
                            f"so its superclass is unknown; delete {data_dir} and {CIFAR_HINT}")
-    return coarse_of_class, list(load("meta")["coarse_label_names"]), per_split[0], per_split[1]
+    return coarse_of_class, list(load("meta")["coarse_label_names"])
 
 
 def build_places365(root: str, *, train_tf: Callable, val_tf: Callable,
@@ -263,66 +196,29 @@ def build_places365(root: str, *, train_tf: Callable, val_tf: Callable,
     return sets[0], sets[1], list(sets[0].classes)
 
 
-def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable,
-                   download: bool) -> tuple[ImageFiles, ImageFiles, list[str]]:
-    """iNaturalist 2018 with the official split (torchvision's class indexes every image)."""
-    base = Path(root)
-    if download:
-        try:  # torchvision puts the images in root/2018/<super>/<id>/
-            tv_datasets.INaturalist(root, version="2018", download=True)
-        except (RuntimeError, OSError) as err:
-            raise RuntimeError(f"inat2018: download into {root} failed ({err}); "
-                               f"see {INAT_URL}") from err
-    annotations = []
-    for split in ("train2018", "val2018"):
-        if not (base / f"{split}.json").is_file():
-            raise FileNotFoundError(
-                f"inat2018: missing {base / split}.json; expected layout {root}/train2018.json, "
-                f"{root}/val2018.json and images under {root}/train_val2018/ (or {root}/2018/). "
-                f"Fix: pass --download or get them from {INAT_URL}")
-        annotations.append(json.loads((base / f"{split}.json").read_text()))
-    categories = sorted(annotations[0]["categories"], key=lambda c: c["id"])
-    label_of = {c["id"]: i for i, c in enumerate(categories)}
-    names = [str(c.get("name", c["id"])) for c in categories]
-    train, val = [ImageFiles(_inat_samples(base, a, label_of), names, tf)
-                  for a, tf in zip(annotations, (train_tf, val_tf))]
-    return train, val, names
-
-
-def _inat_samples(base: Path, annotation: dict, label_of: dict) -> list[tuple[str, int]]:
-    category_of = {a["image_id"]: a["category_id"] for a in annotation["annotations"]}
-    renamed = not (base / "train_val2018").is_dir()  # torchvision's download names it 2018/
-    samples = []
-    for image in annotation["images"]:
-        file = Path(image["file_name"])  # "train_val2018/<super>/<id>/<hash>.jpg"
-        file = Path("2018", *file.parts[1:]) if renamed else file
-        if category_of[image["id"]] not in label_of:
-            raise ValueError(f"inat2018: image {file} has a category missing from "
-                             f"train2018.json; re-download the annotations from {INAT_URL}")
-        samples.append((str(base / file), label_of[category_of[image["id"]]]))
-    if samples and not Path(samples[0][0]).is_file():
-        raise FileNotFoundError(f"inat2018: image {samples[0][0]} of the annotations is missing; "
-                                f"extract train_val2018.tar.gz into {base} (see {INAT_URL})")
-    return samples
-
-
 # --------------------------------------------------------------------------------- entry points
 def _check_options(name: str, root: str | None, *, image_size: int | None,
-                   eval_spec: dict | None, classes, max_per_class, randaugment: bool) -> None:
+                   eval_spec: dict | None, classes, max_per_class, augment: str | None) -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if root is None and name != "synthetic":
         raise ValueError(f"{name} needs root, the directory that holds (or will hold) its "
                          "files (--data-dir in train.py)")
+    if root is not None and name != "synthetic" and Path(root).is_file():
+        raise NotADirectoryError(f"{name}: data root {root} is a file, expected a folder; pass "
+                                 "the folder that holds (or will hold) the dataset's files")
     if classes is not None and name not in ("imagenet", "folder"):
         raise ValueError(f"classes selects subsets of imagenet and folder, not {name}")
     if max_per_class is not None and name not in ("imagenet", "folder", "synthetic"):
-        raise ValueError(f"max_per_class selects subsets of imagenet, folder and synthetic, not {name}")
+        raise ValueError(f"max_per_class selects subsets of imagenet, folder and synthetic, "
+                         f"not {name}")
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    if name == "synthetic" and randaugment:
-        raise ValueError("synthetic takes no augmentation (it would move the marks that tell "
-                         "look-alike objects apart); drop randaugment")
+    if augment is not None and augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTS}")
+    if name == "synthetic" and augment not in (None, "none"):
+        raise ValueError(f"synthetic takes no augmentation (it would move the marks that tell "
+                         f"look-alike objects apart); got augment={augment!r}, use 'none'")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     if eval_spec is None:
@@ -338,45 +234,111 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
 
 
 def build_datasets(name: str, root: str | None = None, *, image_size: int | None = None,
-                   eval_spec: dict | None = None, randaugment: bool = False,
+                   eval_spec: dict | None = None, augment: str | None = None,
                    classes: int | str | None = None, max_per_class: int | None = None,
                    download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
-                   weights_name: str | None = None) -> tuple[Dataset, Dataset, DataInfo]:
+                   weights_name: str | None = None,
+                   decode_budget_bytes: int = DECODE_BUDGET_BYTES
+                   ) -> tuple[Dataset, Dataset, DataInfo]:
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
-    `synthetic` ignores `root` (its images come from `seed`). `randaugment` adds
-    RandAugment(3, 9) to CIFAR training; the photo sets always use it (the authors' recipe).
+    `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
+    None means the dataset's default: "none" for synthetic (its only valid value), "basic"
+    (the from-scratch recipe) for every other set. `decode_budget_bytes=0` streams every set.
     """
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
-                   max_per_class=max_per_class, randaugment=randaugment)
+                   max_per_class=max_per_class, augment=augment)
+    if augment is None:
+        augment = "none" if name == "synthetic" else "basic"
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
-                                             randaugment=randaugment)
+                                             augment=augment)
+    coarse_of_class = None
+    coarse_names = None
     if name == "synthetic":  # classes are exactly balanced: M per class = 10 M images
         sizes = {} if max_per_class is None else {"num_images": SYNTHETIC_CLASSES * max_per_class}
         train = SyntheticObjects("train", seed=seed, transform=train_tf, **sizes)
         val = SyntheticObjects("val", seed=seed, transform=val_tf, **sizes)
+        class_names = train.class_names
         # Superclass = the deciding object's shape: twin classes (e.g. "red square" and its
         # greener twin) share one, so look-alike, semantically unrelated classes are grouped.
-        info = DataInfo(name, SYNTHETIC_CLASSES, size, train.class_names, in_memory=True,
-                        coarse_of_class=[RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)],
-                        coarse_names=list(SHAPE_NAMES))
+        coarse_of_class = [RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)]
+        coarse_names = list(SHAPE_NAMES)
     elif name in CIFAR_STATS:
-        train, val, info = build_cifar(name, root, train_tf=train_tf, val_tf=val_tf,
-                                       download=download)
+        train, val, class_names, coarse_of_class, coarse_names = build_cifar(
+            name, root, train_tf=train_tf, val_tf=val_tf, download=download)
     elif name in ("imagenet", "folder"):
         train, val = build_image_folder(name, root, classes=classes, max_per_class=max_per_class,
                                         train_tf=train_tf, val_tf=val_tf)
-        info = DataInfo(name, len(train.class_names), size, train.class_names)
+        class_names = train.class_names
     else:
         build = build_places365 if name == "places365" else build_inat2018
         train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download)
-        info = DataInfo(name, len(class_names), size, class_names)
-    info.image_size = size
+    info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
+                    class_names=class_names, augment=augment, coarse_of_class=coarse_of_class,
+                    coarse_names=coarse_names)
+    if info.num_classes < 2:
+        raise ValueError(f"{name}: {root} has {info.num_classes} class; a classifier needs at "
+                         "least 2 classes")
     if expected_num_classes is not None and expected_num_classes != info.num_classes:
         raise ValueError(f"pretrained head of {weights_name or 'the weights'} has "
                          f"{expected_num_classes} classes but {name} has {info.num_classes}; use "
                          "--method vit to fine-tune a new head, or pick matching weights")
+    if name in ("imagenet", "folder"):  # last: every check above runs before any decoding
+        decode_within_budget([train, val], budget_bytes=decode_budget_bytes)
     return train, val, info
+
+
+# ------------------------------------------------------------------------------ ImageNet-ReaL
+def read_real_labels(path: str | Path, val_set: Dataset) -> list[list[int]]:
+    """Each image's ImageNet-ReaL labels (possibly none), in `val_set`'s sample order.
+
+    `path` is real.json of google-research/reassessed-imagenet: a JSON list of 50,000 label
+    lists, entry i for ILSVRC2012_val_{i+1:08d}.JPEG. Images are matched by that file number.
+    """
+    path = Path(path)
+    source = f"the ReaL labels file {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} does not exist; download real.json from {REAL_URL}")
+    try:
+        entries = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{source} is not JSON ({err}); expected real.json of {REAL_URL}") from err
+    well_formed = isinstance(entries, list) and all(
+        isinstance(e, list) and all(isinstance(k, int) for k in e) for e in entries)
+    if not well_formed or len(entries) != REAL_IMAGES:
+        raise ValueError(f"{source} must be a JSON list of {REAL_IMAGES} lists of class indices "
+                         f"(real.json of {REAL_URL})")
+    bad = [(i, k) for i, e in enumerate(entries) for k in e if not 0 <= k < REAL_CLASSES]
+    if bad:
+        raise ValueError(f"{source}: entry {bad[0][0]} holds label {bad[0][1]}, outside the "
+                         f"{REAL_CLASSES} ImageNet classes 0..{REAL_CLASSES - 1}")
+    class_names = getattr(val_set, "class_names", [])
+    wnids = all(re.fullmatch(r"n\d{8}", c) for c in class_names)
+    if len(class_names) != REAL_CLASSES or not wnids or class_names != sorted(class_names):
+        raise ValueError(f"ReaL labels are indices into all {REAL_CLASSES} ImageNet classes in "
+                         f"wnid-sorted order, but this validation set has {len(class_names)} "
+                         f"classes {class_names[:3]}...; evaluate --dataset imagenet with all "
+                         "1000 class folders (no --classes subset) to use them")
+    labels = []
+    for file, _ in val_set.samples:
+        match = re.fullmatch(r"ILSVRC2012_val_(\d{8})\.jpe?g", Path(file).name, re.IGNORECASE)
+        if match is None or not 1 <= int(match.group(1)) <= REAL_IMAGES:
+            raise ValueError(f"ReaL labels are matched by file name, but validation image {file} "
+                             "is not named ILSVRC2012_val_00000001.JPEG .. _00050000.JPEG; keep "
+                             "the official validation file names")
+        labels.append(entries[int(match.group(1)) - 1])
+    return labels
+
+
+def real_hits(pred: torch.Tensor, labels: list[list[int]]) -> tuple[int, int]:
+    """(correct, counted): images without ReaL labels are not counted, as the ReaL paper does."""
+    if pred.ndim != 1 or len(pred) != len(labels):
+        raise ValueError(f"real_hits needs one predicted class per image: pred of shape "
+                         f"{tuple(pred.shape)} for {len(labels)} label lists")
+    predicted = pred.tolist()
+    counted = [i for i, acceptable in enumerate(labels) if acceptable]
+    correct = sum(predicted[i] in labels[i] for i in counted)
+    return correct, len(counted)
 
 
 class EvalShardSampler(Sampler[int]):

@@ -57,23 +57,10 @@ def _png(path, size, colour=(200, 30, 90)):
     Image.new("RGB", size, colour).save(path)
 
 
-@pytest.fixture
-def folder_root(tmp_path):
-    """root/{train,val}/{cat,dog,eel}/ with images of different sizes and formats."""
-    root = tmp_path / "folder"
-    for split, count in (("train", 4), ("val", 2)):
-        for c, name in enumerate(("cat", "dog", "eel")):
-            for i in range(count):
-                _png(root / split / name / f"img{i}.png", (20 + 7 * i, 30 + 3 * c))
-            Image.new("RGB", (25, 25)).save(root / split / name / "zz.JPEG", "JPEG")
-            (root / split / name / "notes.txt").write_text("not an image")
-    return root
-
-
 # ----------------------------------------------------------------------------- synthetic
 def test_synthetic_is_deterministic_per_seed():
-    a, b = data.SyntheticObjects("train", num_images=300, seed=3), data.SyntheticObjects(
-        "train", num_images=300, seed=3)
+    a = data.SyntheticObjects("train", num_images=300, seed=3)
+    b = data.SyntheticObjects("train", num_images=300, seed=3)
     assert torch.equal(a.images, b.images) and a.targets == b.targets
     c = data.SyntheticObjects("train", num_images=300, seed=4)
     assert not torch.equal(a.images, c.images)
@@ -84,7 +71,8 @@ def test_synthetic_is_deterministic_per_seed():
 def test_synthetic_build_sizes_balance_and_items():
     train, val, info = data.build_datasets("synthetic", seed=0)
     assert (len(train), len(val)) == (6000, 1000)
-    assert info.num_classes == 10 and info.image_size == 32 and info.in_memory
+    assert info.num_classes == 10 and info.image_size == 32 and info.augment == "none"
+    assert data.build_loader(train, batch_size=10, train=True).num_workers == 0  # in memory
     assert len(info.class_names) == 10 and len(info.coarse_of_class) == 10
     for ds, n in ((train, 600), (val, 100)):
         assert torch.bincount(torch.tensor(ds.targets)).tolist() == [n] * 10
@@ -121,8 +109,11 @@ def test_synthetic_twins_look_alike_but_decide_unrelated_classes():
 def test_synthetic_resizes_for_pretrained_weights_and_refuses_augmentation():
     train, val, info = data.build_datasets("synthetic", eval_spec=SPEC)
     assert info.image_size == 36 and train[0][0].shape == val[0][0].shape == (3, 36, 36)
-    with pytest.raises(ValueError, match="no augmentation"):
-        data.build_datasets("synthetic", randaugment=True)
+    for augment in ("paper", "basic"):
+        with pytest.raises(ValueError, match=rf"synthetic takes no augmentation .*augment="
+                                             rf"'{augment}', use 'none'"):
+            data.build_datasets("synthetic", augment=augment)
+    assert data.build_datasets("synthetic", augment="none", max_per_class=1)[2].augment == "none"
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -130,15 +121,14 @@ def test_cifar10_sizes_labels_and_transforms(cifar_root):
     root, _ = cifar_root
     train, val, info = data.build_datasets("cifar10", str(root))
     assert (len(train), len(val)) == (100, 20) and info.num_classes == 10
-    assert info.class_names[3] == "c10_3" and info.in_memory and info.image_size == 32
+    assert info.class_names[3] == "c10_3" and info.image_size == 32 and info.augment == "basic"
     assert data.build_loader(train, batch_size=10, train=True).num_workers == 0
     assert train.targets[:3] == [0, 1, 2] and val.targets[:3] == [5, 6, 7]
     x, y = val[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 5
-    mean, std = data.CIFAR_STATS["cifar10"]
-    expected = (torch.tensor(val.data[0]).permute(2, 0, 1) / 255 - torch.tensor(mean)[:, None,
-                                                                                       None])
-    assert torch.allclose(x, expected / torch.tensor(std)[:, None, None], atol=1e-5)
+    mean, std = (torch.tensor(s)[:, None, None] for s in data.CIFAR_STATS["cifar10"])
+    expected = (torch.tensor(val.data[0]).permute(2, 0, 1) / 255 - mean) / std
+    assert torch.allclose(x, expected, atol=1e-5)
     big_train, big_val, big = data.build_datasets("cifar10", str(root), image_size=64)
     assert big.image_size == 64 and big_train[0][0].shape == big_val[0][0].shape == (3, 64, 64)
     spec_train, spec_val, spec = data.build_datasets("cifar10", str(root), eval_spec=SPEC)
@@ -147,12 +137,31 @@ def test_cifar10_sizes_labels_and_transforms(cifar_root):
 
 def test_cifar100_exposes_superclasses(cifar_root):
     root, coarse_of = cifar_root
-    train, val, info = data.build_datasets("cifar100", str(root), randaugment=True)
+    train, val, info = data.build_datasets("cifar100", str(root), augment="paper")
     assert info.num_classes == 100 and info.coarse_of_class == coarse_of
     assert info.coarse_names == [f"coarse{k}" for k in range(20)]
-    assert train.coarse_targets == [coarse_of[t] for t in train.targets]
-    assert val.coarse_targets == [coarse_of[t] for t in val.targets]
     assert train[0][0].shape == (3, 32, 32)
+
+
+def test_cifar_augmentations(cifar_root):
+    root, _ = cifar_root
+    tensor = ["PILToTensor", "ToDtype", "Normalize"]
+    crop_flip = ["RandomCrop", "RandomHorizontalFlip"]
+    for augment, steps in (("paper", crop_flip + ["RandAugment"]), ("basic", crop_flip),
+                           ("none", [])):
+        train, val, info = data.build_datasets("cifar10", str(root), augment=augment)
+        assert [type(t).__name__ for t in train.transform.transforms] == steps + tensor
+        assert [type(t).__name__ for t in val.transform.transforms] == tensor
+    assert torch.equal(train[0][0], val.transform(Image.fromarray(train.data[0])))  # none
+    # basic: the 32 px image zero-padded by 4, cropped at a random offset, maybe flipped
+    train, _, _ = data.build_datasets("cifar10", str(root), augment="basic")
+    mean, std = (torch.tensor(s)[:, None, None] for s in data.CIFAR_STATS["cifar10"])
+    padded = torch.nn.functional.pad(torch.tensor(train.data[0]).permute(2, 0, 1), (4,) * 4)
+    crops = [padded[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+    crops += [c.flip(-1) for c in crops]
+    for _ in range(5):
+        pixels = ((train[0][0] * std + mean) * 255).round().to(torch.uint8)  # (3, 32, 32)
+        assert any(torch.equal(pixels, c) for c in crops)
 
 
 def test_cifar100_inconsistent_superclass_is_an_error(cifar_root):
@@ -174,71 +183,15 @@ def test_missing_cifar_says_path_layout_and_fix(tmp_path):
         data.build_datasets("cifar100", str(tmp_path))
 
 
-# ----------------------------------------------------------------------------- folders
-def test_folder_sizes_labels_and_photo_transforms(folder_root):
-    train, val, info = data.build_datasets("folder", str(folder_root), image_size=32)
-    assert info.class_names == ["cat", "dog", "eel"] and info.num_classes == 3
-    assert (len(train), len(val)) == (15, 9) and not info.in_memory  # .JPEG counted, .txt not
-    assert train.targets == [0] * 5 + [1] * 5 + [2] * 5
-    assert train.samples[4][0].endswith("cat/zz.JPEG")
-    for ds in (train, val):
-        x, y = ds[1]
-        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
-    x, _ = val[0]  # a solid colour survives resize and crop unchanged
-    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
-    expected = (torch.tensor([200, 30, 90]) / 255 - mean) / std
-    assert torch.allclose(x, expected[:, None, None].expand(3, 32, 32), atol=2e-2)
-    assert [type(t).__name__ for t in train.transform.transforms] == [
-        "Resize", "CenterCrop", "RandAugment", "ToTensor", "Normalize"]
-    assert train.transform.transforms[0].size == 37  # round(32 * 256 / 224)
-    _, default_val, default = data.build_datasets("folder", str(folder_root))
-    assert default.image_size == 224 and default_val[0][0].shape == (3, 224, 224)
-
-
-def test_eval_spec_sets_the_val_transform_exactly(folder_root):
-    train, val, info = data.build_datasets("imagenet", str(folder_root), eval_spec=SPEC)
-    resize, crop, to_tensor, normalize = val.transform.transforms
-    assert resize.size == 40 and resize.interpolation.value == "bilinear" and crop.size == (36, 36)
-    assert normalize.mean == SPEC["mean"] and normalize.std == SPEC["std"]
-    assert info.image_size == 36 and train[0][0].shape == val[0][0].shape == (3, 36, 36)
-
-
-def test_class_subsets_and_max_per_class(folder_root, tmp_path):
-    train, val, info = data.build_datasets("folder", str(folder_root), image_size=32, classes=2)
-    assert info.class_names == ["cat", "dog"] and set(train.targets) == set(val.targets) == {0, 1}
-    listing = tmp_path / "classes.txt"
-    listing.write_text("# my subset\neel\n\ncat  # felines\n")
-    train, val, info = data.build_datasets("folder", str(folder_root), image_size=32,
-                                           classes=str(listing), max_per_class=2)
-    assert info.class_names == ["eel", "cat"] and info.num_classes == 2
-    assert [(os.path.basename(p), y) for p, y in train.samples] == [
-        ("img0.png", 0), ("img1.png", 0), ("img0.png", 1), ("img1.png", 1)]
-    assert [p.split(os.sep)[-2] for p, _ in val.samples] == ["eel", "eel", "cat", "cat"]
-    assert data.build_datasets("folder", str(folder_root), classes="1")[2].class_names == ["cat"]
-
-
-def test_class_selection_errors(folder_root, tmp_path):
-    with pytest.raises(ValueError, match=r"classes=4 .*train has 3 class folders.*between 1 and 3"):
-        data.build_datasets("folder", str(folder_root), classes=4)
-    listing = tmp_path / "classes.txt"
-    listing.write_text("cat\nn01440764\n")
-    with pytest.raises(ValueError, match=r"classes\.txt.*unknown: \['n01440764'\].*'cat'"):
-        data.build_datasets("folder", str(folder_root), classes=str(listing))
-    with pytest.raises(FileNotFoundError, match=r"nope\.txt not found.*one class folder name"):
-        data.build_datasets("folder", str(folder_root), classes=str(tmp_path / "nope.txt"))
-    with pytest.raises(ValueError, match="classes selects subsets of imagenet and folder, not synthetic"):
-        data.build_datasets("synthetic", classes=3)
-    with pytest.raises(ValueError, match="max_per_class selects subsets of imagenet, folder and synthetic, not cifar10"):
-        data.build_datasets("cifar10", str(tmp_path), max_per_class=3)
-
-
 def test_synthetic_superclasses_group_the_look_alike_twins():
     _, _, info = data.build_datasets("synthetic", max_per_class=1)
     # twins sit 6 ranks apart: class c and class c + 6 are decided by the same shape
     for c in range(4):
         assert info.coarse_of_class[c] == info.coarse_of_class[c + 6]
-        assert info.class_names[c + 6].startswith(info.class_names[c].split(",")[0].split(" +")[0])
-    assert len(set(info.coarse_of_class)) == 6 and info.coarse_names[info.coarse_of_class[0]] == "square"
+        shape = info.class_names[c].split(",")[0].split(" +")[0]
+        assert info.class_names[c + 6].startswith(shape)
+    assert len(set(info.coarse_of_class)) == 6
+    assert info.coarse_names[info.coarse_of_class[0]] == "square"
 
 
 def test_synthetic_max_per_class_keeps_classes_balanced():
@@ -247,38 +200,7 @@ def test_synthetic_max_per_class_keeps_classes_balanced():
         assert sorted(split.targets) == sorted(list(range(10)) * 7)
 
 
-def test_folder_layout_errors(folder_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/absent does not exist.*"
-                                                r"train/<class>/<image>.*image-net\.org.*valprep"):
-        data.build_datasets("imagenet", str(tmp_path / "absent"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty is empty.*expected layout"):
-        data.build_datasets("folder", str(tmp_path / "empty"))
-    (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"missing split folder .*only_train/val"):
-        data.build_datasets("folder", str(tmp_path / "only_train"))
-    (folder_root / "val" / "dog" / "img0.png").rename(folder_root / "val" / "img0.png")
-    for f in (folder_root / "val" / "dog").iterdir():
-        f.unlink()
-    (folder_root / "val" / "dog").rmdir()
-    with pytest.raises(ValueError, match=r"val lacks class folders \['dog'\].*valprep\.sh"):
-        data.build_datasets("imagenet", str(folder_root))
-    for f in (folder_root / "train" / "cat").iterdir():
-        f.unlink()
-    with pytest.raises(ValueError, match=r"train/cat has no images.*\.png"):
-        data.build_datasets("folder", str(folder_root), classes=1)
-
-
-def test_corrupt_image_raises_naming_the_file(folder_root):
-    bad = folder_root / "train" / "dog" / "img2.png"
-    bad.write_bytes(b"these bytes are not a PNG")
-    train, _, _ = data.build_datasets("folder", str(folder_root), image_size=32)
-    index = [p for p, _ in train.samples].index(str(bad))
-    with pytest.raises(RuntimeError, match=rf"cannot read image file {bad}"):
-        train[index]
-
-
-# ----------------------------------------------------------------------------- places, inat
+# ----------------------------------------------------------------------------- places365
 def test_places365_uses_torchvision_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.places365, "check_integrity",
                         lambda path, md5=None: os.path.isfile(path))
@@ -287,7 +209,8 @@ def test_places365_uses_torchvision_layout(tmp_path, monkeypatch):
         "/a/airfield/00000001.jpg 0\n/b/bakery/00000001.jpg 1\n")
     (tmp_path / "places365_val.txt").write_text("Places365_val_00000001.jpg 1\n")
     for path in ("data_large_standard/a/airfield/00000001.jpg",
-                 "data_large_standard/b/bakery/00000001.jpg", "val_large/Places365_val_00000001.jpg"):
+                 "data_large_standard/b/bakery/00000001.jpg",
+                 "val_large/Places365_val_00000001.jpg"):
         _png(tmp_path / path, (60, 50))
     train, val, info = data.build_datasets("places365", str(tmp_path), image_size=32)
     assert info.class_names == ["/a/airfield", "/b/bakery"] and (len(train), len(val)) == (2, 1)
@@ -300,30 +223,8 @@ def test_places365_missing_files_error(tmp_path):
         data.build_datasets("places365", str(tmp_path))
 
 
-@pytest.mark.parametrize("image_dir", ["train_val2018", "2018"])  # archive name, torchvision's
-def test_inat2018_split_comes_from_the_official_json(tmp_path, image_dir):
-    def write(split, images):
-        (tmp_path / f"{split}2018.json").write_text(json.dumps({
-            "images": [{"id": i, "file_name": f} for i, (f, _) in enumerate(images)],
-            "annotations": [{"image_id": i, "category_id": c} for i, (_, c) in enumerate(images)],
-            "categories": [{"id": 7, "name": "fern"}, {"id": 3, "name": "moss"}]}))
-    write("train", [("train_val2018/Plantae/7/a.jpg", 7), ("train_val2018/Plantae/3/b.jpg", 3)])
-    write("val", [("train_val2018/Plantae/3/c.jpg", 3)])
-    for name in ("7/a.jpg", "3/b.jpg", "3/c.jpg"):
-        _png(tmp_path / image_dir / "Plantae" / name, (40, 40))
-    train, val, info = data.build_datasets("inat2018", str(tmp_path), image_size=32)
-    assert info.class_names == ["moss", "fern"] and train.targets == [1, 0] and val.targets == [0]
-    assert val[0][0].shape == (3, 32, 32)
-
-
-def test_inat2018_missing_json_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"missing .*train2018\.json.*expected layout.*"
-                                                r"visipedia/inat_comp/tree/master/2018"):
-        data.build_datasets("inat2018", str(tmp_path))
-
-
 # ----------------------------------------------------------------------------- option errors
-def test_bad_options_are_errors(folder_root):
+def test_bad_options_are_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*synthetic"):
         data.build_datasets("mnist")
     with pytest.raises(ValueError, match="cifar10 needs root"):
@@ -332,10 +233,18 @@ def test_bad_options_are_errors(folder_root):
         data.build_datasets("synthetic", eval_spec={"crop_size": 3})
     with pytest.raises(ValueError, match="image_size=64 conflicts .* crop size 36"):
         data.build_datasets("synthetic", image_size=64, eval_spec=SPEC)
-    with pytest.raises(ValueError, match=r"vit_b_16:IMAGENET1K_V1 has 1000 classes but folder "
-                                         r"has 3; use --method vit.*matching weights"):
-        data.build_datasets("folder", str(folder_root), expected_num_classes=1000,
+    with pytest.raises(ValueError, match=r"vit_b_16:IMAGENET1K_V1 has 1000 classes but synthetic "
+                                         r"has 10; use --method vit.*matching weights"):
+        data.build_datasets("synthetic", max_per_class=1, expected_num_classes=1000,
                             weights_name="vit_b_16:IMAGENET1K_V1")
+    with pytest.raises(ValueError, match=r"unknown augment 'randaugment'; choose one of "
+                                         r"\('paper', 'basic', 'none'\)"):
+        data.build_datasets("cifar10", str(tmp_path), augment="randaugment")
+    (tmp_path / "data.tar").write_bytes(b"")
+    for name in ("cifar10", "imagenet", "places365", "inat2018"):
+        with pytest.raises(NotADirectoryError, match=rf"{name}: data root {tmp_path}/data\.tar "
+                                                     r"is a file, expected a folder"):
+            data.build_datasets(name, str(tmp_path / "data.tar"))
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -364,11 +273,12 @@ def test_train_loader_shuffles_by_seed_and_drops_last():
         data.build_loader(ds, batch_size=128, train=True)
 
 
-def test_eval_loader_keeps_order_and_everything(folder_root):
-    train, val, _ = data.build_datasets("folder", str(folder_root), image_size=32)
+def test_eval_loader_keeps_order_and_everything():
+    val = data.SyntheticObjects("val", num_images=9)
     loader = data.build_loader(val, batch_size=4, train=False, workers=0, pin_memory=False)
     assert _labels(loader) == val.targets  # 9 items, last batch of 1 kept
-    auto = data.build_loader(train, batch_size=4, train=True)
+    streamed = torch.utils.data.TensorDataset(torch.zeros(8, 3))  # no in_memory attribute
+    auto = data.build_loader(streamed, batch_size=4, train=True)
     assert auto.num_workers == min(8, os.cpu_count()) and auto.persistent_workers
 
 
@@ -394,3 +304,78 @@ def test_distributed_eval_shards_are_disjoint_and_cover_everything():
     assert sorted(_labels(loaders[0]) + _labels(loaders[1])) == sorted(ds.targets)
     with pytest.raises(ValueError, match="rank=2, world_size=2"):
         data.build_loader(ds, batch_size=8, train=False, rank=2, world_size=2)
+
+
+# ----------------------------------------------------------------------------- ImageNet-ReaL
+NUMBER_OF_CLASS = [(7919 * k) % data.REAL_IMAGES + 1 for k in range(1000)]  # distinct, shuffled
+
+
+@pytest.fixture
+def imagenet_real(tmp_path):
+    """1000 wnid folders, one train and one val image each, and a real.json for them.
+
+    Val image of class k is ILSVRC2012_val_{NUMBER_OF_CLASS[k]:08d}.JPEG. Its ReaL labels: none
+    for k < 100; [k] for 100 <= k < 600; [k + 1, k + 2] (mod 1000) for k >= 600.
+    """
+    root = tmp_path / "imagenet"
+    jpeg = tmp_path / "tiny.jpg"
+    Image.new("RGB", (4, 4), (90, 120, 30)).save(jpeg, "JPEG")
+    entries = [[] for _ in range(data.REAL_IMAGES)]
+    for k in range(1000):
+        wnid = f"n{1000000 + k:08d}"
+        for split, file in (("train", "a.JPEG"),
+                            ("val", f"ILSVRC2012_val_{NUMBER_OF_CLASS[k]:08d}.JPEG")):
+            (root / split / wnid).mkdir(parents=True)
+            (root / split / wnid / file).write_bytes(jpeg.read_bytes())
+        real = [] if k < 100 else [k] if k < 600 else [(k + 1) % 1000, (k + 2) % 1000]
+        entries[NUMBER_OF_CLASS[k] - 1] = real
+    (tmp_path / "real.json").write_text(json.dumps(entries))
+    return root, tmp_path / "real.json", entries
+
+
+def test_real_labels_follow_the_file_numbers_and_score_a_known_answer(imagenet_real):
+    root, real_json, entries = imagenet_real
+    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4, decode_budget_bytes=0)
+    labels = data.read_real_labels(real_json, val)
+    assert labels == [entries[NUMBER_OF_CLASS[k] - 1] for k in val.targets]
+    assert labels[150] == [150] and labels[42] == [] and labels[700] == [701, 702]
+    # predicting the folder label is right for 100 <= k < 600; classes k < 100 are not counted
+    assert data.real_hits(torch.tensor(val.targets), labels) == (500, 900)
+    assert data.real_hits(torch.tensor([3, 5, 7, 1]), [[3], [], [6, 7], [2]]) == (2, 3)
+    with pytest.raises(ValueError, match=r"one predicted class per image: pred of shape "
+                                         r"\(2, 2\) for 4 label lists"):
+        data.real_hits(torch.zeros(2, 2), [[3], [], [6, 7], [2]])
+
+
+def test_real_labels_errors(imagenet_real, tmp_path):
+    root, real_json, entries = imagenet_real
+    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4, decode_budget_bytes=0)
+    _, subset, _ = data.build_datasets("imagenet", str(root), image_size=4, classes=2,
+                                       decode_budget_bytes=0)
+    with pytest.raises(ValueError, match=r"all 1000 ImageNet classes in wnid-sorted order, but "
+                                         r"this validation set has 2 classes.*no --classes"):
+        data.read_real_labels(real_json, subset)
+    reordered = tmp_path / "reordered.txt"
+    reordered.write_text("\n".join(reversed(val.class_names)))
+    _, shuffled, _ = data.build_datasets("imagenet", str(root), image_size=4,
+                                         classes=str(reordered), decode_budget_bytes=0)
+    with pytest.raises(ValueError, match=r"wnid-sorted order, but this validation set has 1000"):
+        data.read_real_labels(real_json, shuffled)
+    renamed = val.samples[3][0].replace(os.path.basename(val.samples[3][0]), "photo.JPEG")
+    val.samples[3] = (renamed, val.samples[3][1])
+    with pytest.raises(ValueError, match=rf"validation image {renamed} is not named "
+                                         r"ILSVRC2012_val_00000001\.JPEG"):
+        data.read_real_labels(real_json, val)
+    entries[17] = [4, 1000]
+    (tmp_path / "bad_label.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"bad_label\.json: entry 17 holds label 1000, outside "
+                                         r"the 1000 ImageNet classes"):
+        data.read_real_labels(tmp_path / "bad_label.json", val)
+    (tmp_path / "short.json").write_text(json.dumps(entries[:-1]))
+    with pytest.raises(ValueError, match=r"short\.json must be a JSON list of 50000 lists"):
+        data.read_real_labels(tmp_path / "short.json", val)
+    (tmp_path / "text.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"text\.json is not JSON .*reassessed-imagenet"):
+        data.read_real_labels(tmp_path / "text.json", val)
+    with pytest.raises(FileNotFoundError, match=r"absent\.json does not exist; download real"):
+        data.read_real_labels(tmp_path / "absent.json", val)
