@@ -9,6 +9,7 @@ from dataclasses import fields
 
 import torch
 
+import data
 import distributed
 import llb
 import recipe
@@ -30,10 +31,13 @@ def scores_of(out) -> dict:
 
 
 @torch.no_grad()
-def evaluate(net, loader, device, autocast) -> dict:
-    """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks."""
+def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
+    """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks.
+    real: ImageNet-ReaL label lists in the split's order (data.read_real_labels); adds
+    top1_real_<prediction> over the images that have ReaL labels."""
     net.eval()
     correct, total = {}, 0  # prediction -> (top-1, top-5) counts, on the device
+    predicted = {}  # prediction -> argmax of each batch, kept on the device (for ReaL)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -43,21 +47,44 @@ def evaluate(net, loader, device, autocast) -> dict:
             top5 = s.topk(min(5, s.shape[1]), dim=1).indices == y[:, None]  # (B, 5)
             hits = torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
             correct[name] = correct[name] + hits if name in correct else hits
+            if real is not None:
+                predicted.setdefault(name, []).append(s.argmax(1))
         total += len(y)
     names = list(correct)
-    sums = distributed.all_sum([v for n in names for v in correct[n].tolist()] + [total], device)
+    counts = [v for n in names for v in correct[n].tolist()] + [total]
+    if real is not None:  # this rank's images are rank::world of the split (EvalShardSampler)
+        mine = [real[i] for i in loader.sampler.indices]
+        for n in names:
+            counts += data.real_hits(torch.cat(predicted[n]).cpu(), mine)
+    sums = distributed.all_sum(counts, device)
+    # sums: (top-1, top-5) hits per prediction, the image count, then (ReaL hits, ReaL images)
+    images = sums[2 * len(names)]
+    real_sums = sums[2 * len(names) + 1:]
     results = {}
     for i, name in enumerate(names):
-        results[f"top1_{name}"] = 100 * sums[2 * i] / sums[-1]
-        results[f"top5_{name}"] = 100 * sums[2 * i + 1] / sums[-1]
+        results[f"top1_{name}"] = 100 * sums[2 * i] / images
+        results[f"top5_{name}"] = 100 * sums[2 * i + 1] / images
+        if real is not None:
+            hits, counted = real_sums[2 * i], real_sums[2 * i + 1]
+            results[f"top1_real_{name}"] = 100 * hits / counted if counted else None
     return results
 
 
 def print_table(results: dict, title: str) -> None:
-    print(f"\n{title}\n{'prediction':<22}{'top-1':>8}{'top-5':>8}")
+    real = any(k.startswith("top1_real_") for k in results)
+    print(f"\n{title}\n{'prediction':<22}{'top-1':>8}{'top-5':>8}" + ("  ReaL top-1" * real))
     for name, label in PREDICTIONS.items():
         if results.get(f"top1_{name}") is not None:
-            print(f"{label:<22}{results[f'top1_{name}']:>8.2f}{results[f'top5_{name}']:>8.2f}")
+            line = f"{label:<22}{results[f'top1_{name}']:>8.2f}{results[f'top5_{name}']:>8.2f}"
+            value = results.get(f"top1_real_{name}")
+            print(line + (f"{value:>13.2f}" if value is not None else ""))
+
+
+def read_real(args, val_loader) -> list | None:
+    """--real-labels FILE: ImageNet-ReaL labels of the validation split, in its order."""
+    if args.real_labels is None:
+        return None
+    return data.read_real_labels(args.real_labels, val_loader.dataset)
 
 
 def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
@@ -85,8 +112,9 @@ def evaluate_checkpoint(args, device) -> dict:
     _, val_loader, info = recipe.build_loaders(r, rank=rank, world=world, workers=args.workers,
                                                device=device)
     model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
+    real = read_real(args, val_loader)
     results = evaluate(model.to(device), val_loader, device,
-                       recipe.autocast(r.amp, device, enabled=r.eval_amp))
+                       recipe.autocast(r.amp, device, enabled=r.eval_amp), real=real)
     if is_master():
         print_table(results, f"{args.eval_only} on {info.name} validation "
                              f"({len(val_loader.dataset)} images)")

@@ -317,7 +317,7 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
         distributed.barrier()  # wait for rank 0's download, then read it
     train_set, val_set, info = data.build_datasets(
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
-        randaugment=r.augment == "paper" and r.dataset != "synthetic", classes=r.classes,
+        augment=r.augment, classes=r.classes,
         max_per_class=r.max_per_class, download=download and rank == 0, seed=r.seed,
         expected_num_classes=expected, weights_name=r.pretrained)
     if download and rank == 0:

@@ -1,4 +1,5 @@
 """Tests for data.py. Every dataset is built in a tmp dir in its real on-disk format."""
+import contextlib
 import json
 import os
 import pickle
@@ -379,3 +380,37 @@ def test_real_labels_errors(imagenet_real, tmp_path):
         data.read_real_labels(tmp_path / "text.json", val)
     with pytest.raises(FileNotFoundError, match=r"absent\.json does not exist; download real"):
         data.read_real_labels(tmp_path / "absent.json", val)
+
+
+def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tmp_path):
+    """A ViT whose zero head predicts class 0 for every image: ReaL counts the 900 images with
+    labels, of which the two of classes 998 and 999 list class 0; plain top-1 is 1 / 1000."""
+    import dataclasses
+
+    import evaluate
+    import train
+    import vit
+
+    root, real_json, _ = imagenet_real
+    model = vit.ViT(image_size=32, patch_size=8, width=32, depth=1, heads=2, mlp_dim=64,
+                    num_classes=1000)  # vit.py zero-inits its head: all logits equal, argmax 0
+    ckpt = {"kind": "vit", "vit_config": dataclasses.asdict(model.config), "llb_config": None,
+            "model": model.state_dict(), "dataset": "imagenet"}
+    torch.save(ckpt, tmp_path / "zero_head.pt")
+    results = train.main(["--eval-only", str(tmp_path / "zero_head.pt"), "--device", "cpu",
+                          "--data-dir", str(root), "--real-labels", str(real_json)])
+    assert results["top1_visual"] == pytest.approx(100 / 1000)
+    assert results["top1_real_visual"] == pytest.approx(100 * 2 / 900)
+    # two ranks' shards (rank::2), evaluated apart: their ReaL counts add up to the whole
+    _, val, _ = data.build_datasets("imagenet", str(root), image_size=32)
+    real = data.read_real_labels(real_json, val)
+    counted = 0
+    hits = 0
+    for rank in (0, 1):
+        loader = data.build_loader(val, batch_size=64, train=False, rank=rank, world_size=2)
+        shard = evaluate.evaluate(model, loader, torch.device("cpu"), contextlib.nullcontext(),
+                                  real=real)
+        n = sum(1 for i in loader.sampler.indices if real[i])
+        counted += n
+        hits += shard["top1_real_visual"] * n / 100
+    assert (round(hits), counted) == (2, 900)

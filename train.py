@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--augment", choices=("paper", "basic", "none"), help="training augmentation (default: "
       "none on synthetic, basic on CIFAR and from scratch, paper on released weights)")
     g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
+    g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help="ViT preset (default: fits the image size)")
     g("--patch-size", type=int, help="default: 8 on synthetic, 4 up to 64 px, else the preset's")
@@ -237,7 +238,7 @@ def check_finite(first_bad: int, epoch: int, loss: float) -> None:
 # ----------------------------------------------------------------------------- a stage
 
 
-def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args) -> dict:
+def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real=None) -> dict:
     """Train one stage to its last epoch (resuming if asked); returns that epoch's results."""
     train_loader, val_loader, info = loaders
     # build the model, its optimizer and the fp16 loss scaler
@@ -272,7 +273,7 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args) -> d
         if is_master():  # saved before evaluating: a failing evaluation loses no training
             save_checkpoint(folder / "last.pt", state)
         seconds = time.time() - t0
-        results = evaluate.evaluate(net, val_loader, device, eval_autocast)
+        results = evaluate.evaluate(net, val_loader, device, eval_autocast, real=real)
         top1 = results.get("top1_integrated", results["top1_visual"])  # best.pt's criterion
         if is_master() and top1 > best:
             save_checkpoint(folder / "best.pt", state | {"best_top1": top1})
@@ -284,10 +285,10 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args) -> d
             log_epoch(r, folder, epoch, means, results, steps * r.batch_size / seconds, seconds)
     # finish: evaluate a stage resumed after its end, check the replicas, write results.json
     if not results:
-        results = evaluate.evaluate(net, val_loader, device, eval_autocast)
+        results = evaluate.evaluate(net, val_loader, device, eval_autocast, real=real)
     distributed.check_replicas(model)
-    results = {f"{m}_{p}": results.get(f"{m}_{p}")
-               for p in evaluate.PREDICTIONS for m in ("top1", "top5")}
+    metrics = ("top1", "top5", "top1_real") if real is not None else ("top1", "top5")
+    results = {f"{m}_{p}": results.get(f"{m}_{p}") for p in evaluate.PREDICTIONS for m in metrics}
     if is_master():
         summary = dict(results, stage=r.stage, dataset=info.name, epochs=r.epochs)
         (folder / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -351,9 +352,10 @@ def main(argv=None) -> dict | None:
         random.seed(planned[0][0].seed)
         loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
                                 device=device, download=args.download)
+        real = evaluate.read_real(args, loaders[1])
         for r, folder in planned:
             try:
-                results = run_stage(r, folder, loaders, device, args)
+                results = run_stage(r, folder, loaders, device, args, real)
             except KeyboardInterrupt:
                 raise cli.Interrupted(interrupted(folder, argv)) from None
         if is_master():
