@@ -348,7 +348,7 @@ def main(argv=None) -> dict:
                          f"python train.py --method llb --backbone {args.checkpoint}")
     r = evaluate.checkpoint_recipe(ckpt, args.checkpoint, args)
     _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
-                                               device=device)
+                                               device=device, train=False)
     if ckpt["vit_config"]["image_size"] != info.image_size:
         raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
                          f"px, but the options give {info.image_size} px: drop --image-size")

@@ -36,7 +36,8 @@ def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     real: ImageNet-ReaL label lists in the split's order (data.read_real_labels); adds
     top1_real_<prediction> over the images that have ReaL labels."""
     net.eval()
-    correct, total = {}, 0  # prediction -> (top-1, top-5) counts, on the device
+    correct = {}  # prediction -> (top-1, top-5) counts, on the device
+    total = 0
     predicted = {}  # prediction -> argmax of each batch, kept on the device (for ReaL)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
@@ -110,7 +111,7 @@ def evaluate_checkpoint(args, device) -> dict:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     _, val_loader, info = recipe.build_loaders(r, rank=rank, world=world, workers=args.workers,
-                                               device=device)
+                                               device=device, train=False)
     model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
     real = read_real(args, val_loader)
     results = evaluate(model.to(device), val_loader, device,

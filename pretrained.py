@@ -346,12 +346,18 @@ def _url(kind: str, key: str) -> str:
 
 def _download(kind: str, key: str):
     """The named weights through torch.hub's download cache ($TORCH_HOME), where published so."""
-    if kind == "torchvision":
-        weights = _torchvision_weights(key)[1]
-        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    if kind == "mae":
-        return torch.hub.load_state_dict_from_url(_MAE[key][1], map_location="cpu",
-                                                  progress=True, weights_only=True)
+    try:
+        if kind == "torchvision":
+            weights = _torchvision_weights(key)[1]
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        if kind == "mae":
+            return torch.hub.load_state_dict_from_url(_MAE[key][1], map_location="cpu",
+                                                      progress=True, weights_only=True)
+    except OSError as err:  # no network (URLError), a refused or broken download
+        name = key if kind == "torchvision" else f"{kind}:{key}"
+        raise OSError(f"cannot download the weights {name} from {_url(kind, key)} "
+                      f"({getattr(err, 'reason', err)}). Without a network: download that file "
+                      f"elsewhere and pass it with --weights-file FILE") from err
     raise ValueError(f"timm:{key} is published on the Hugging Face hub only: download it from "
                      f"{_url(kind, key)} and pass the file as weights_file "
                      f"(train.py: --weights-file FILE)")

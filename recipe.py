@@ -87,7 +87,8 @@ class Recipe:
         """The recipe as printed at start: one `name value` pair per field, grouped."""
         pairs = [f"{k}={v}" for k, v in asdict(self).items() if k != "llb" and v is not None]
         pairs += [f"llb.{k}={v}" for k, v in (self.llb or {}).items()]
-        lines, line = [], "recipe:"
+        lines = []
+        line = "recipe:"
         for pair in pairs:  # wrapped at 100 characters
             if len(line) + len(pair) + 1 > 100:
                 lines.append(line)
@@ -307,8 +308,9 @@ def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
 
 
 def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
-                  device: torch.device, download: bool = False):
-    """(train loader, val loader, DataInfo) of a recipe's data options; shared by both stages."""
+                  device: torch.device, download: bool = False, train: bool = True):
+    """(train loader, val loader, DataInfo) of a recipe's data options; shared by both stages.
+    train=False (evaluation): no training loader, None in its place."""
     spec = pretrained_weights.eval_spec(r.pretrained) if r.pretrained else None
     expected = None
     if r.pretrained and r.stage == "llb":  # LLB keeps the released head: same label set
@@ -324,8 +326,8 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
         distributed.barrier()
     loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
                   pin_memory=device.type == "cuda", batch_size=r.batch_size)
-    return (data.build_loader(train_set, train=True, **loader),
-            data.build_loader(val_set, train=False, **loader), info)
+    train_loader = data.build_loader(train_set, train=True, **loader) if train else None
+    return train_loader, data.build_loader(val_set, train=False, **loader), info
 
 
 def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:

@@ -168,8 +168,9 @@ def test_write_report_on_constructed_collect_output(tmp_path, capsys):
                  "assign_sum": counts.double(), "images": torch.randn(2, 3, 8, 8),
                  "image_objects": torch.tensor([[0, 0, 2, 0], [0, 2, 0, 0]]),
                  "image_index": torch.tensor([0, 5])}
-    info = data.DataInfo("toy", 4, 8, ["cat", "dog", "carp", "eel"], coarse_of_class=coarse,
-                         coarse_names=["mammals", "fish"])
+    info = data.DataInfo(name="toy", num_classes=4, image_size=8,
+                         class_names=["cat", "dog", "carp", "eel"], augment="none",
+                         coarse_of_class=coarse, coarse_names=["mammals", "fish"])
     model = SimpleNamespace(config=SimpleNamespace(num_objects=4))
     results = analyze.write_report(collected, info=info, checkpoint_path="run/last.pt",
                                    run_dir=tmp_path, model=model)

@@ -299,3 +299,15 @@ def test_runtime_never_imports_timm(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_no_network_says_to_pass_the_file(monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match=r"cannot download the weights mae:vit_base_patch16 from "
+                                      r"https://dl\.fbaipublicfiles\.com/.*--weights-file FILE"):
+        pretrained.load("mae:vit_base_patch16")

@@ -75,6 +75,10 @@ def test_eval_only_uses_the_checkpoints_data_options(tmp_path, capsys):
     assert "data options from" in printed and "max_per_class=7" in printed
     assert "(70 images)" in printed  # 7 per class, not the whole synthetic validation set
     assert again["top1_visual"] == pytest.approx(trained["top1_visual"])
+    # a batch larger than the training split is fine: evaluation builds no training loader
+    bigger = train.main(["--eval-only", str(out / "last.pt"), "--device", "cpu",
+                         "--batch-size", "500"])
+    assert bigger["top1_visual"] == pytest.approx(trained["top1_visual"])
 
 
 def test_the_epoch_is_saved_before_it_is_evaluated(tmp_path, monkeypatch):

@@ -174,10 +174,13 @@ def test_fp16_scales_the_loss(tmp_path):
     (["--tau", "0"], "tau must be > 0"),
     (["--alpha", "1.5"], "alpha must be in [0, 1]"),
     (["--resume", "--overwrite"], "pick one"),
+    (["--gpus", "2"], "no CUDA GPU; to run 2 CPU processes (gloo), add --device cpu"),
 ])
 def test_invalid_options_fail_at_parsing(argv, message, capsys):
     if "cuda" in argv and torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs")
+    if argv == ["--gpus", "2"] and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(SystemExit) as exit_:
         train.parse_args(argv)
     assert exit_.value.code == 2

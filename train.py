@@ -190,7 +190,8 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
     warmup = round(r.warmup_epochs * steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = recipe.autocast(r.amp, device)
-    sums, first_bad = None, torch.full((), -1, device=device)
+    sums = None  # running sums of the loss statistics, on the device
+    first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss
     bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
                disable=not is_master())
     for i, (x, y) in enumerate(bar):
@@ -219,18 +220,24 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
         first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), step, first_bad)
         if i % LOG_EVERY == LOG_EVERY - 1 or i == steps - 1:  # one host sync per LOG_EVERY steps
             means = dict(zip(stats, (sums / (i + 1)).tolist()))
-            check_finite(int(first_bad), epoch, means["total"])
+            check_finite(int(first_bad), epoch, means["total"], r)
             bar.set_postfix(loss=f"{means['total']:.3f}", acc=f"{means['top1']:.1f}",
                             lr=f"{lr:.2g}")
     return dict(zip(stats, sums)) | {"steps": steps}
 
 
-def check_finite(first_bad: int, epoch: int, loss: float) -> None:
-    if first_bad >= 0:
-        raise RuntimeError(f"non-finite loss ({loss}) at step {first_bad} (epoch {epoch + 1}); "
-                           f"stopped before saving this epoch, so the last saved checkpoint is "
-                           f"kept. Try a lower --lr, gradient clipping (--clip-grad 1), or "
-                           f"--amp bf16 instead of fp16.")
+def check_finite(first_bad: int, epoch: int, loss: float, r: recipe.Recipe) -> None:
+    """Stop at a non-finite loss, before the epoch is saved, with what to try."""
+    if first_bad < 0:
+        return
+    tries = [f"a lower --lr than {r.lr:g}"]
+    if r.clip_grad == 0:
+        tries.append("gradient clipping (--clip-grad 1)")
+    if r.amp == "fp16":
+        tries.append("--amp bf16 instead of fp16")
+    kept = "the checkpoint of the last finished epoch is kept" if epoch else "nothing was saved"
+    raise RuntimeError(f"non-finite loss ({loss}) at step {first_bad} (epoch {epoch + 1}); "
+                       f"stopped before saving this epoch: {kept}. Try {', or '.join(tries)}.")
 
 
 
@@ -248,11 +255,13 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
                                         weight_decay=r.weight_decay, decay_all=r.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
     # resume: the state after the last saved epoch
-    start, best = 0, -1.0
+    start = 0
+    best = -1.0
     if args.resume and (folder / "last.pt").exists():
         ckpt = load_checkpoint(folder / "last.pt")
         restore(ckpt, model, optimizer, scaler, folder / "last.pt")
-        start, best = ckpt["epoch"], ckpt["best_top1"]
+        start = ckpt["epoch"]
+        best = ckpt["best_top1"]
     # wrap: DDP across processes, then compile; `model` keeps the state dict and the loss
     net = model
     if r.world_size > 1:
