@@ -38,7 +38,7 @@ STAGE_DEFAULTS = {
 }
 # The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
 # larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
-DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)
+DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)  # epochs: of a ViT stage
 NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # other sets: 224 px
 # Fields a resumed run may change: where files are, not what is trained.
 SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")
@@ -144,7 +144,7 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
     defaults = "llb" if stage == "llb" else "finetune" if from_weights else "scratch"
     # optimization: the stage's defaults, and the demo's own epochs and LLB lr
     values |= {name: pick(name, value) for name, value in STAGE_DEFAULTS[defaults].items()}
-    demo_epochs = DEMO["epochs"] if first_stage else DEMO["llb_epochs"]
+    demo_epochs = DEMO["epochs"] if stage == "vit" else DEMO["llb_epochs"]
     values["epochs"] = pick("epochs", demo_epochs if demo else default_of("epochs"))
     if demo and stage == "llb":
         values["lr"] = pick("lr", DEMO["llb_lr"])

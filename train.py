@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--no-integrate", **flag, help="ablation: p_O = p_N")
     g("--unfreeze", **flag, help="train the backbone too (paper: frozen)")
     g = p.add_argument_group("optimization (defaults: recipe.STAGE_DEFAULTS)").add_argument
-    g("--epochs", type=int, help="default: 70 (paper), 12 on synthetic")
+    g("--epochs", type=int, help="default: 70 (paper); on synthetic 12 for a ViT, 4 for LLB")
     g("--llb-epochs", type=int, help="the LLB stage of vit+llb (default: --epochs; 4 on synthetic)")
     g("--batch-size", type=int, help="per process (default 128, the paper's per GPU)")
     g("--lr", type=float, help="peak learning rate")
