@@ -96,9 +96,11 @@ def prepare_out_dir(out_dir, folders: list[Path], *, resume: bool, overwrite: bo
     """Refuse to overwrite a run by accident; check the folders can be written; before any work."""
     found = [f for d in folders for f in (d / name for name in RUN_FILES) if f.exists()]
     if found and not (resume or overwrite):
-        raise ValueError(f"{out_dir} already holds a run ({', '.join(map(str, found))}); "
-                         f"nothing was changed. Continue it with --resume, replace it with "
-                         f"--overwrite, or pick another --out-dir.")
+        held = "; ".join(f"{d}: " + ", ".join(f.name for f in found if f.parent == d)
+                         for d in folders if any(f.parent == d for f in found))
+        raise ValueError(f"{out_dir} already holds a run ({held}); nothing was changed. Continue "
+                         f"it with --resume, replace it with --overwrite, or pick another "
+                         f"--out-dir.")
     if overwrite and found:
         print(f"--overwrite: removing {', '.join(map(str, found))}")
         for f in found:
