@@ -136,7 +136,6 @@ def object_colours(counts: torch.Tensor) -> torch.Tensor:
     return palette[rank_of].round().to(torch.uint8)
 
 
-
 # ----------------------------------------------------------------------------- one pass
 def collect(model, loader, device, autocast) -> dict:
     """One pass of an LLB `model` (eval mode) over `loader`: per image the features c_v, c_n

@@ -91,7 +91,6 @@ def saved_recipe(path) -> tuple[dict | None, dict]:
     return ckpt.get("recipe"), ckpt["vit_config"]
 
 
-
 def prepare_out_dir(out_dir, folders: list[Path], *, resume: bool, overwrite: bool) -> None:
     """Refuse to overwrite a run by accident; check the folders can be written; before any work."""
     found = [f for d in folders for f in (d / name for name in RUN_FILES) if f.exists()]

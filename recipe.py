@@ -40,6 +40,15 @@ STAGE_DEFAULTS = {
 # larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
 DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)  # epochs: of a ViT stage
 NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # other sets: 224 px
+# The numeric options' ranges: (options, test, the range as said in the error)
+OPTION_RANGES = [
+    (("epochs", "llb_epochs", "batch_size", "image_size", "max_per_class", "gpus", "num_objects",
+      "llb_depth", "patch_size"), lambda v: v >= 1, ">= 1"),
+    (("lr", "llb_lr"), lambda v: v > 0, "> 0"),
+    (("min_lr", "weight_decay", "warmup_epochs", "clip_grad", "workers"), lambda v: v >= 0,
+     ">= 0"),
+    (("dropout", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
+]
 # Fields a resumed run may change: where files are, not what is trained.
 SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")
 
@@ -224,25 +233,11 @@ def llb_options(args, base: dict | None, demo: bool) -> dict:
 
 def check_options(args) -> str | None:
     """What is wrong with the options, before anything is built; fills the runtime defaults."""
-    positive = ("epochs", "llb_epochs", "batch_size", "image_size", "max_per_class", "gpus",
-                "num_objects", "llb_depth", "patch_size")
-    for name in positive:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, got {value}"
-    for name in ("lr", "llb_lr"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            return f"--{name.replace('_', '-')} must be > 0, got {value}"
-    at_least_zero = ("min_lr", "weight_decay", "warmup_epochs", "clip_grad", "workers")
-    for name in at_least_zero:
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            return f"--{name.replace('_', '-')} must be >= 0, got {value}"
-    for name in ("dropout", "label_smoothing"):
-        value = getattr(args, name)
-        if value is not None and not 0 <= value < 1:
-            return f"--{name.replace('_', '-')} must be in [0, 1), got {value}"
+    for names, ok, allowed in OPTION_RANGES:
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not ok(value):
+                return f"--{name.replace('_', '-')} must be {allowed}, got {value}"
     if args.pretrained and args.backbone:
         return "--pretrained and --backbone both give the backbone: pick one"
     if args.weights_file and not args.pretrained:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+import curves
 import plots
 
 
@@ -162,7 +163,7 @@ def test_curves_hit_the_rows_of_known_values(tmp_path):
     records = [dict(epoch=e + 1, train_loss=2.0 - 0.5 * e, train_top1=0.0, top5_visual=100.0,
                     **{k: float(v[e]) for k, v in top1.items()}) for e in range(4)]
     write_metrics(tmp_path / "metrics.jsonl", records)
-    boxes = plots.write_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png",
+    boxes = curves.write_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png",
                                title="LLB stage")
     t = pixels(tmp_path / "curves.png")
     assert boxes["loss"]["y_range"] == (0.5, 2.0) and boxes["top1"]["y_range"] == (0, 100)
@@ -178,40 +179,40 @@ def test_curves_hit_the_rows_of_known_values(tmp_path):
             column = of_colour(t[:, :, x:x + 1], colour)[:, 0].nonzero()[:, 0].float()
             near = column[(column - row).abs() < 10]  # the dot (lines cross other rows)
             assert len(near) >= 5 and abs(near.mean().item() - row) <= 1.5, (chart, epoch, value)
-    check("loss", plots.LOSS_COLOUR, [r["train_loss"] for r in records])
+    check("loss", curves.LOSS_COLOUR, [r["train_loss"] for r in records])
     for key, values in top1.items():
-        check("top1", plots.CURVES[key][1], values)
+        check("top1", curves.CURVES[key][1], values)
     assert inked(t, (0, 0, t.shape[2], boxes["loss"]["plot"][1])) > 50  # the title and summary
 
 
 def test_curves_of_one_vit_epoch(tmp_path):
     record = dict(epoch=1, train_loss=2.3, train_top1=9.0, top1_visual=12.5)
     write_metrics(tmp_path / "m.jsonl", [record], head_line=False)
-    boxes = plots.write_curves(tmp_path / "m.jsonl", tmp_path / "c.png", title="ViT stage")
+    boxes = curves.write_curves(tmp_path / "m.jsonl", tmp_path / "c.png", title="ViT stage")
     t = pixels(tmp_path / "c.png")
     x0, y0, x1, y1 = boxes["top1"]["plot"]
     lo, hi = boxes["top1"]["y_range"]
     x = round(x0 + 1 / 2 * (x1 - x0))  # one epoch: x axis 0 .. 2
     row = round(y1 - (12.5 - lo) / (hi - lo) * (y1 - y0))
-    assert t[:, row, x].tolist() == list(plots.CURVES["top1_visual"][1])
+    assert t[:, row, x].tolist() == list(curves.CURVES["top1_visual"][1])
     chart = t[:, y0:y1 + 1, x0:x1 + 1]
     for key in ("top1_nonvisual", "top1_integrated"):  # heads a ViT run does not have
-        assert not of_colour(chart, plots.CURVES[key][1]).any()
+        assert not of_colour(chart, curves.CURVES[key][1]).any()
 
 
 def test_read_metrics_keeps_the_last_run_and_skips_other_lines(tmp_path):
     runs = [dict(epoch=e, train_loss=1.0, top1_visual=float(e)) for e in (1, 2, 3)]
     again = [dict(epoch=e, train_loss=0.5, top1_visual=10.0 * e) for e in (1, 2)]
     write_metrics(tmp_path / "m.jsonl", runs + [{"note": "no epoch"}] + again)
-    assert plots.read_metrics(tmp_path / "m.jsonl") == again
+    assert curves.read_metrics(tmp_path / "m.jsonl") == again
 
 
 def test_read_metrics_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.jsonl: no such metrics file"):
-        plots.read_metrics(tmp_path / "nothing.jsonl")
+        curves.read_metrics(tmp_path / "nothing.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2,\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON .*delete or fix that line"):
-        plots.read_metrics(tmp_path / "bad.jsonl")
+        curves.read_metrics(tmp_path / "bad.jsonl")
     (tmp_path / "head.jsonl").write_text('{"recipe": {}}\n')
     with pytest.raises(ValueError, match=r"head\.jsonl: no line with an 'epoch' key"):
-        plots.read_metrics(tmp_path / "head.jsonl")
+        curves.read_metrics(tmp_path / "head.jsonl")

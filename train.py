@@ -31,7 +31,7 @@ import data
 import distributed
 import evaluate
 import llb
-import plots
+import curves
 import pretrained
 import recipe
 import vit
@@ -148,8 +148,6 @@ def plan(args) -> list[tuple[recipe.Recipe, Path]]:
     return planned
 
 
-
-
 # ----------------------------------------------------------------------------- building
 
 
@@ -240,8 +238,6 @@ def check_finite(first_bad: int, epoch: int, loss: float, r: recipe.Recipe) -> N
                        f"stopped before saving this epoch: {kept}. Try {', or '.join(tries)}.")
 
 
-
-
 # ----------------------------------------------------------------------------- a stage
 
 
@@ -261,7 +257,9 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
         ckpt = load_checkpoint(folder / "last.pt")
         restore(ckpt, model, optimizer, scaler, folder / "last.pt")
         start = ckpt["epoch"]
-        best = ckpt["best_top1"]
+        best = ckpt["best_top1"]  # as of the epoch before: last.pt is saved before evaluating
+        if (folder / "best.pt").exists():
+            best = max(best, load_checkpoint(folder / "best.pt", mmap=True)["best_top1"])
     # wrap: DDP across processes, then compile; `model` keeps the state dict and the loss
     net = model
     if r.world_size > 1:
@@ -287,9 +285,10 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
         if is_master() and top1 > best:
             save_checkpoint(folder / "best.pt", state | {"best_top1": top1})
         best = max(best, top1)
+        # the epoch's mean loss statistics over every rank's steps
         steps = distributed.all_sum([sums.pop("steps")], device)[0]
-        means = {k: v / steps for k, v in zip(sums, distributed.all_sum(
-            [float(v) for v in sums.values()], device))}
+        totals = distributed.all_sum(torch.stack(list(sums.values())).tolist(), device)
+        means = {name: total / steps for name, total in zip(sums, totals)}
         if is_master():
             log_epoch(r, folder, epoch, means, results, steps * r.batch_size / seconds, seconds)
     # finish: evaluate a stage resumed after its end, check the replicas, write results.json
@@ -327,14 +326,12 @@ def log_epoch(r, folder: Path, epoch: int, means: dict, results: dict, img_s: fl
                   **results, img_s=img_s, time_s=seconds)
     with open(folder / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
-    plots.write_curves(folder / "metrics.jsonl", folder / "curves.png",
+    curves.write_curves(folder / "metrics.jsonl", folder / "curves.png",
                        title=f"{folder}: {r.stage} stage on {r.dataset} (validation split)")
     val = "  ".join(f"{p} {results['top1_' + p]:.1f}"
                     for p in evaluate.PREDICTIONS if "top1_" + p in results)
     tqdm.write(f"[{r.stage}] epoch {epoch + 1}/{r.epochs}  loss {means['total']:.3f}  train "
                f"{means['top1']:.1f}%  val top-1: {val}  |  {img_s:.0f} img/s  {seconds:.1f} s")
-
-
 
 
 # ----------------------------------------------------------------------------- the program
