@@ -11,7 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-import plots
+from plots import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, legend, line_height,
+                   nice_ticks, save, say, stack, text_width, tick_text, titled)
 
 # metrics.jsonl keys drawn by write_curves, their legend and their colour (Okabe-Ito)
 CURVES = {"top1_visual": ("p_V (ViT head)", (0, 114, 178)),
@@ -31,14 +32,14 @@ def line_chart(series: list, *, y_title: str, x_title: str = "epoch",
     xs = [x for _, px, _ in series for x in px]
     ys = [y for _, _, py in series for y in py]
     x_range = (0, max(max(xs), 2))  # epoch 0: before training; one epoch sits mid-way
-    x_ticks = [t for t in plots.nice_ticks(*x_range, integer=True) if t <= x_range[1]]
-    y_ticks = [t for t in plots.nice_ticks(min(ys), max(ys)) if y_limits[0] <= t <= y_limits[1]]
-    y_labels = [plots.tick_text(t, y_ticks) for t in y_ticks]
-    left = max(plots.text_width(t, plots.SMALL_SIZE) for t in y_labels) + plots.GAP + plots.line_height(plots.LABEL_SIZE) + plots.GAP
-    top = plots.line_height(plots.SMALL_SIZE) // 2
-    width = left + PANEL_W + plots.text_width(plots.tick_text(x_ticks[-1], x_ticks), plots.SMALL_SIZE) // 2 + plots.GAP
-    height = top + PANEL_H + plots.GAP + 2 * plots.line_height(plots.SMALL_SIZE) + plots.GAP
-    image = Image.new("RGB", (width, height), plots.PAPER)
+    x_ticks = [t for t in nice_ticks(*x_range, integer=True) if t <= x_range[1]]
+    y_ticks = [t for t in nice_ticks(min(ys), max(ys)) if y_limits[0] <= t <= y_limits[1]]
+    y_labels = [tick_text(t, y_ticks) for t in y_ticks]
+    left = max(text_width(t, SMALL_SIZE) for t in y_labels) + GAP + line_height(LABEL_SIZE) + GAP
+    top = line_height(SMALL_SIZE) // 2
+    width = left + PANEL_W + text_width(tick_text(x_ticks[-1], x_ticks), SMALL_SIZE) // 2 + GAP
+    height = top + PANEL_H + GAP + 2 * line_height(SMALL_SIZE) + GAP
+    image = Image.new("RGB", (width, height), PAPER)
     draw = ImageDraw.Draw(image)
     x0, y0, x1, y1 = left, top, left + PANEL_W, top + PANEL_H
 
@@ -49,15 +50,15 @@ def line_chart(series: list, *, y_title: str, x_title: str = "epoch",
     def py(y):
         return y1 - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (y1 - y0)
     for t, label in zip(y_ticks, y_labels):
-        draw.line((x0, py(t), x1, py(t)), fill=plots.GRID)
-        plots.say(draw, (x0 - plots.GAP, py(t)), label, anchor="rm")
+        draw.line((x0, py(t), x1, py(t)), fill=GRID)
+        say(draw, (x0 - GAP, py(t)), label, anchor="rm")
     for t in x_ticks:
-        draw.line((px(t), y0, px(t), y1), fill=plots.GRID)
-        plots.say(draw, (px(t), y1 + plots.GAP), plots.tick_text(t, x_ticks), anchor="mt")
-    draw.rectangle((x0, y0, x1, y1), outline=plots.TEXT)
-    plots.say(draw, ((x0 + x1) / 2, height - plots.GAP), x_title, size=plots.LABEL_SIZE, anchor="md")
-    turned = Image.new("RGB", (PANEL_H, plots.line_height(plots.LABEL_SIZE)), plots.PAPER)
-    plots.say(ImageDraw.Draw(turned), (PANEL_H / 2, 0), y_title, size=plots.LABEL_SIZE, anchor="ma")
+        draw.line((px(t), y0, px(t), y1), fill=GRID)
+        say(draw, (px(t), y1 + GAP), tick_text(t, x_ticks), anchor="mt")
+    draw.rectangle((x0, y0, x1, y1), outline=TEXT)
+    say(draw, ((x0 + x1) / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    turned = Image.new("RGB", (PANEL_H, line_height(LABEL_SIZE)), PAPER)
+    say(ImageDraw.Draw(turned), (PANEL_H / 2, 0), y_title, size=LABEL_SIZE, anchor="ma")
     image.paste(turned.rotate(90, expand=True), (0, y0))
 
     # the data: lines between epochs, a dot on each when there are few
@@ -101,7 +102,7 @@ def read_metrics(path) -> list[dict]:
 
 def write_curves(metrics_path, png_path, *, title: str) -> dict:
     """curves.png of a metrics.jsonl: train loss per epoch (left) and validation top-1 of p_V,
-    p_N, p_O per epoch (right, the heads the file has), with a plots.legend. Returns the charts'
+    p_N, p_O per epoch (right, the heads the file has), with a legend. Returns the charts'
     boxes (in the PNG's pixels) and ranges: {"loss": {...}, "top1": {...}}."""
     records = read_metrics(metrics_path)
     epochs = [r["epoch"] for r in records]
@@ -110,8 +111,8 @@ def write_curves(metrics_path, png_path, *, title: str) -> dict:
     heads = [key for key in CURVES if all(r.get(key) is not None for r in records)]
     series = [(CURVES[key][1], epochs, [r[key] for r in records]) for key in heads]
     top1_chart, top1_boxes = line_chart(series, y_title="validation top-1 (%)", y_limits=(0, 100))
-    x_top1 = loss_chart.width + 2 * plots.MARGIN
-    charts = Image.new("RGB", (x_top1 + top1_chart.width, loss_chart.height), plots.PAPER)
+    x_top1 = loss_chart.width + 2 * MARGIN
+    charts = Image.new("RGB", (x_top1 + top1_chart.width, loss_chart.height), PAPER)
     charts.paste(loss_chart, (0, 0))
     charts.paste(top1_chart, (x_top1, 0))
     items = [(LOSS_COLOUR, "train loss (left)")] + [(CURVES[k][1], CURVES[k][0]) for k in heads]
@@ -122,11 +123,11 @@ def write_curves(metrics_path, png_path, *, title: str) -> dict:
     if min(r["train_loss"] for r in records) < 0:
         notes = ("The train loss is below 0 where LLB's diversity term lambda L_div = "
                  "-lambda H(p~) outweighs the cross-entropy.")
-    body = plots.stack([charts, plots.legend(items, charts.width)], gap=plots.GAP)
-    image, y_body = plots.titled(body, f"{title}\n{summary}", notes)
-    plots.save(image, png_path)
-    x = 2 * plots.MARGIN
-    y = y_body + plots.MARGIN
+    body = stack([charts, legend(items, charts.width)], gap=GAP)
+    image, y_body = titled(body, f"{title}\n{summary}", notes)
+    save(image, png_path)
+    x = 2 * MARGIN
+    y = y_body + MARGIN
 
     def moved(chart, dx):
         x0, y0, x1, y1 = chart["plot"]

@@ -9,7 +9,6 @@ inputs built here, with the branch's blocks computed by `ref_block` (so vit.py's
 Block, graded in test_vit.py, do not matter), and so fails only when that step is wrong. The
 unmarked tests check the assembled model end to end.
 """
-import copy
 import functools
 import math
 from dataclasses import asdict
@@ -441,7 +440,8 @@ def test_diversity_false_changes_only_the_loss_total():
     ref, abl = make(), make(diversity=False)
     abl.load_state_dict(ref.state_dict())
     x, y = images(), labels()
-    (o1, (t1, p1)), (o2, (t2, p2)) = outputs_and_loss(ref, x, y), outputs_and_loss(abl, x, y)
+    o1, (_, p1) = outputs_and_loss(ref, x, y)
+    o2, (t2, p2) = outputs_and_loss(abl, x, y)
     for f in ("logits_v", "logits_n", "probs", "assign", "object_tokens"):
         assert torch.equal(getattr(o1, f), getattr(o2, f)), f
     assert torch.equal(p2["total"], p2["ce"]) and torch.equal(t2, F.cross_entropy(o2.logits_n, y))
