@@ -569,3 +569,22 @@ def test_bf16_autocast_forward_and_loss_are_finite():
     assert out.assign.dtype == torch.float32 and out.probs.dtype == torch.float32
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.trainable_parameters())
+
+
+def test_on_an_average_pooling_backbone_the_branch_pools_the_same_way():
+    """MAE-style backbone (pool="avg"): p_V is the backbone's own prediction, and LN is taken of
+    the mean of the branch's N object tokens, not of c_n."""
+    torch.manual_seed(0)
+    bb = vit.ViT(image_size=16, patch_size=4, width=D, depth=3, heads=2, mlp_dim=64,
+                 num_classes=K, pool="avg")
+    with torch.no_grad():
+        bb.head.weight.normal_(std=0.5)
+    model = llb.LLB(bb, num_objects=O, depth=3).eval()
+    x = images()
+    out = model(x)
+    assert torch.equal(out.logits_v, bb(x))
+    s = torch.cat([model.class_token.expand(len(x), -1, -1), out.object_tokens], dim=1)
+    for block in model.blocks:
+        s = block(s)
+    expected = F.layer_norm(s[:, 1:].mean(dim=1), (D,), model.norm.weight, model.norm.bias, 1e-6)
+    assert torch.allclose(out.feat_n, expected, atol=1e-6)
