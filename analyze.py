@@ -329,9 +329,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for name in ("max_per_class", "image_size", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    problem = recipe.out_of_range(args)
+    if problem:
+        p.error(problem)
     return args
 
 

@@ -33,7 +33,6 @@ set on the command line.
 """
 import argparse
 import ctypes
-import dataclasses
 import gc
 import json
 import os
@@ -330,8 +329,8 @@ def parse_args(argv=None):
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     add("--amp", choices=("bf16", "fp16", "off"), help="default: bf16 on cuda, off on cpu")
     add("--compile", action="store_true", help="torch.compile every model")
-    add("--num-objects", type=int, default=llb_default("num_objects"), help="LLB's O")
-    add("--llb-depth", type=int, default=llb_default("depth"), help="LLB layers")
+    add("--num-objects", type=int, default=recipe.llb_default("num_objects"), help="LLB's O")
+    add("--llb-depth", type=int, default=recipe.llb_default("depth"), help="LLB layers")
     add("--layer", type=int, help="LLB's branch point l (default: depth - 1)")
     add("--steps", type=int, help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
     add("--seed", type=int, default=0)
@@ -344,16 +343,12 @@ def parse_args(argv=None):
     args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
     if args.batch_size is None:
         args.batch_size = 128 if args.device == "cuda" else 8
-    for name in ("batch_size", "num_objects", "llb_depth", "image_size", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    problem = recipe.out_of_range(args)
+    if problem:
+        p.error(problem)
     if args.pretrained and (args.model or args.patch_size):
         p.error("--model/--patch-size come from --pretrained's architecture; drop them")
     return args
-
-
-def llb_default(name: str):
-    return next(f.default for f in dataclasses.fields(llb.LLBConfig) if f.name == name)
 
 
 def main(argv=None) -> dict:

@@ -17,8 +17,8 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from distributed import is_master
 
 # What an evaluation may take from the command line instead of the checkpoint's recipe
-EVAL_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size", "batch_size",
-                "amp")
+DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size")
+EVAL_OPTIONS = DATA_OPTIONS + ("batch_size", "amp")
 PREDICTIONS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)",
                "integrated": "p_O (integrated)"}
 
@@ -98,7 +98,7 @@ def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
         k: v for k, v in saved.items() if k in known}
     given = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k, None) is not None}
     if is_master():
-        taken = [f"{k}={saved[k]}" for k in EVAL_OPTIONS[:5] if k not in given and k in saved]
+        taken = [f"{k}={saved[k]}" for k in DATA_OPTIONS if k not in given and k in saved]
         print(f"data options from {path}: {', '.join(taken) or 'none'}"
               + (f"; from the command line: {given}" if given else ""))
     return recipe.Recipe(**(saved | given))

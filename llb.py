@@ -202,7 +202,8 @@ class LLB(nn.Module):
         (O, D)) weighted by its assignment: no visual feature passes through.
         In: assign A (B, N, O). Out: object_tokens N_0 (B, N, D).
         """
-        return assign.to(self.object_embed.dtype) @ self.object_embed  # (B, N, D)
+        # LLB step 2: N_0 = A E, (B, N, O) @ (O, D) -> (B, N, D)
+        return assign.to(self.object_embed.dtype) @ self.object_embed
 
     def structure(self, object_tokens: torch.Tensor) -> torch.Tensor:
         """LLB step 3, non-visual feature structuring: N_{L_N} = g([c_n || N_0]; W).
@@ -213,6 +214,7 @@ class LLB(nn.Module):
         In: object_tokens N_0 (B, N, D). Out: feat_n = LN(c_n) (B, D), input of MLP_N.
         """
         B = object_tokens.shape[0]
+        # LLB step 3: g([c_n || N_0]; W), the blocks of g over the class token and N_0
         s = torch.cat([self.class_token.expand(B, -1, -1), object_tokens], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             s = s + self.pos_embed  # ablation "w/ Pos."; without it g is permutation-equivariant
@@ -235,6 +237,7 @@ class LLB(nn.Module):
         p_n = torch.softmax(logits_n.float(), dim=-1)  # (B, K)
         if not self.config.integrate:
             return p_n
+        # LLB step 4: p_O = alpha p_V + (1 - alpha) p_N, (B, K)
         return self.config.alpha * p_v + (1 - self.config.alpha) * p_n
 
     # ------------------------------------------------------------------------- model and loss

@@ -8,18 +8,14 @@
     from_torchvision(model_or_state, **overrides), from_timm(state, **overrides),
     from_mae(ckpt, **overrides)  the converters, for any file of these layouts
 
-Names:
-    "vit_b_16:IMAGENET1K_SWAG_E2E_V1"   torchvision ARCH:WEIGHTS; downloaded into torch.hub's cache
-    "timm:vit_base_patch16_224.augreg_in21k_ft_in1k" and the other tags of _TIMM below; timm's
-                                        torch files are on the Hugging Face hub only: weights_file
-    "mae:vit_base_patch16", "mae:vit_large_patch16"   the MAE repository's fine-tuned checkpoints;
-                                        downloaded into torch.hub's cache, or weights_file
-
+Names: torchvision "ARCH:WEIGHTS" (e.g. "vit_b_16:IMAGENET1K_SWAG_E2E_V1") and MAE's
+"mae:vit_base_patch16" / "mae:vit_large_patch16" download into torch.hub's cache (or take
+weights_file); "timm:TAG" (the tags of _TIMM below) are on the Hugging Face hub only: weights_file.
 `overrides` are ViTConfig fields: `image_size` (the position embedding is interpolated as the
-weights' own library does), `num_classes` (a new zero-initialised head), dropout rates. The file
-itself must hold the named weights (size, depth, classes, pooling), whatever the overrides.
-Files: .pth/.bin through torch.load(weights_only=True); .safetensors with the safetensors package.
-This module reads timm's and MAE's layouts without importing timm (the tests use timm as oracle).
+weights' own library does), `num_classes` (a new zero-initialised head), dropout rates; the file
+itself must hold the named weights (size, depth, classes, pooling). Files: .pth/.bin through
+torch.load(weights_only=True), .safetensors with the safetensors package. timm's and MAE's
+layouts are read without importing timm (the tests use timm as the oracle).
 """
 import math
 import os
@@ -92,8 +88,6 @@ def _torchvision_names(state) -> dict:
 
 
 # ----------------------------------------------------------------------------- architecture
-
-
 def _missing(state: dict, needed: tuple, *, source: str, layout: str, example: str) -> None:
     missing = [k for k in needed if k not in state]
     if missing:
@@ -140,8 +134,6 @@ def _check_file(found: dict, expected: dict, *, name: str, source: str) -> None:
 
 
 # ----------------------------------------------------------------------------- conversion
-
-
 def _resize_pos_embed(pos_embed: torch.Tensor, grid: int, *, layout: str) -> torch.Tensor:
     """(1, 1 + n*n, D) -> (1, 1 + grid*grid, D): bicubic over the patch grid, class slot kept.
 
@@ -333,8 +325,6 @@ def eval_spec(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading
-
-
 def _url(kind: str, key: str) -> str:
     """Where the named weights' file is published."""
     if kind == "torchvision":

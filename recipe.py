@@ -43,7 +43,7 @@ NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # other sets: 22
 # The numeric options' ranges: (options, test, the range as said in the error)
 OPTION_RANGES = [
     (("epochs", "llb_epochs", "batch_size", "image_size", "max_per_class", "gpus", "num_objects",
-      "llb_depth", "patch_size"), lambda v: v >= 1, ">= 1"),
+      "llb_depth", "patch_size", "steps"), lambda v: v >= 1, ">= 1"),
     (("lr", "llb_lr"), lambda v: v > 0, "> 0"),
     (("min_lr", "weight_decay", "warmup_epochs", "clip_grad", "workers"), lambda v: v >= 0,
      ">= 0"),
@@ -231,13 +231,21 @@ def llb_options(args, base: dict | None, demo: bool) -> dict:
     return options
 
 
-def check_options(args) -> str | None:
-    """What is wrong with the options, before anything is built; fills the runtime defaults."""
+def out_of_range(args) -> str | None:
+    """The first numeric option outside its range (OPTION_RANGES), for any program's options."""
     for names, ok, allowed in OPTION_RANGES:
         for name in names:
-            value = getattr(args, name)
+            value = getattr(args, name, None)
             if value is not None and not ok(value):
                 return f"--{name.replace('_', '-')} must be {allowed}, got {value}"
+    return None
+
+
+def check_options(args) -> str | None:
+    """What is wrong with the options, before anything is built; fills the runtime defaults."""
+    problem = out_of_range(args)
+    if problem:
+        return problem
     if args.pretrained and args.backbone:
         return "--pretrained and --backbone both give the backbone: pick one"
     if args.weights_file and not args.pretrained:
