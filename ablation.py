@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-import cli
+from util import cli
 import train
 
 # (row, the switch given to train.py, the paper's top-1 % on IN1K with ViT-B/16 IN21K -> IN1K)

@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import checkpoint
-import cli
+from util import checkpoint
+from util import cli
 import data
-import evaluate
-import plots
-import recipe
+from util import evaluate
+from plotting import plots
+from util import recipe
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4

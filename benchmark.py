@@ -47,10 +47,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
-import cli
+from util import cli
 import llb
-import pretrained
-import recipe
+from inputs import pretrained
+from util import recipe
 import vit
 
 MODELS = ("vit", "torchvision_vit", "llb")

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
-from images import build_image_folder, build_inat2018, decode_within_budget, load_rgb
-from synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD,
+from inputs.images import build_image_folder, build_inat2018, decode_within_budget, load_rgb
+from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD,
                        SyntheticObjects)
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")

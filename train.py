@@ -26,18 +26,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import cli
+from util import cli
 import data
-import distributed
-import evaluate
+from util import distributed
+from util import evaluate
 import llb
-import curves
-import pretrained
-import recipe
+from plotting import curves
+from inputs import pretrained
+from util import recipe
 import vit
-from checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
+from util.checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
                         prepare_out_dir, restore, save_checkpoint, saved_recipe)
-from distributed import is_master
+from util.distributed import is_master
 
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 import data
-import distributed
+from util import distributed
 import llb
-import pretrained as pretrained_weights
+from inputs import pretrained as pretrained_weights
 import vit
 
 # Which defaults a stage takes (the `defaults` field of a Recipe):

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import data
-import synthetic
+from inputs import synthetic
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -387,7 +387,7 @@ def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tm
     labels, of which the two of classes 998 and 999 list class 0; plain top-1 is 1 / 1000."""
     import dataclasses
 
-    import evaluate
+    from util import evaluate
     import train
     import vit
 

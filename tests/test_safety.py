@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-import checkpoint
-import cli
-import evaluate
+from util import checkpoint
+from util import cli
+from util import evaluate
 import train
 
 REPO = os.path.dirname(os.path.abspath(train.__file__))

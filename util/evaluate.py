@@ -10,11 +10,11 @@ from dataclasses import fields
 import torch
 
 import data
-import distributed
+from util import distributed
 import llb
-import recipe
-from checkpoint import load_checkpoint, model_from_checkpoint
-from distributed import is_master
+from util import recipe
+from util.checkpoint import load_checkpoint, model_from_checkpoint
+from util.distributed import is_master
 
 # What an evaluation may take from the command line instead of the checkpoint's recipe
 DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size")

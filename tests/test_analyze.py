@@ -12,7 +12,7 @@ from torchvision.io import decode_png, read_file
 
 import analyze
 import data
-import plots
+from plotting import plots
 import train
 
 O = 16  # latent objects of the tiny run

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from plots import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, legend, line_height,
+from plotting.plots import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, legend,
+                            line_height,
                    nice_ticks, save, say, stack, text_width, tick_text, titled)
 
 # metrics.jsonl keys drawn by write_curves, their legend and their colour (Okabe-Ito)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import benchmark_data
 import data
-import images
+from inputs import images
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.vision_transformer import interpolate_embeddings
 
-import pretrained
+from inputs import pretrained
 import vit
 
 

@@ -17,7 +17,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-import pretrained
+from inputs import pretrained
 
 TIMM_TAGS = ["vit_base_patch16_224.augreg_in1k", "vit_base_patch16_224.augreg_in21k_ft_in1k",
              "vit_base_patch16_224.augreg2_in21k_ft_in1k",
@@ -291,12 +291,12 @@ def test_runtime_never_imports_timm(tmp_path):
     """timm is the tests' oracle only: naming, reading and converting its files needs none."""
     state = timm_model("vit_tiny_patch16_224", depth=1).state_dict()
     path = save(state, tmp_path / "t.safetensors")
-    code = ("import sys, pretrained\n"
+    code = ("import sys\nfrom inputs import pretrained\n"
             "pretrained.eval_spec('timm:vit_base_patch16_224.augreg_in1k')\n"
             f"pretrained.from_timm(pretrained._read_file({path!r}, name='t', url='u'))\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'timm'))")
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-import curves
-import plots
+from plotting import curves
+from plotting import plots
 
 
 def pixels(image) -> torch.Tensor:

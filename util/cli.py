@@ -11,7 +11,7 @@ instead. Ctrl-C exits 130 with what was kept and how to continue (`Interrupted`)
 import os
 import sys
 
-from distributed import is_master
+from util.distributed import is_master
 
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import recipe
+from util import recipe
 import train
 
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",

@@ -1,0 +1,1 @@
+"""Pictures drawn with Pillow alone: labelled figures (plots.py), a run's curves (curves.py)."""
