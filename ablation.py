@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from util import cli
 import train
+from util import cli
 
 # (row, the switch given to train.py, the paper's top-1 % on IN1K with ViT-B/16 IN21K -> IN1K)
 ROWS = [

@@ -43,12 +43,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from util import checkpoint
-from util import cli
 import data
-from util import evaluate
 from plotting import plots
-from util import recipe
+from util import checkpoint, cli, evaluate, recipe
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
@@ -328,7 +325,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--amp", choices=("bf16", "fp16", "off"), help="default: the checkpoint's")
     add("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device is None:
+        args.device = recipe.default_device()
     problem = recipe.out_of_range(args)
     if problem:
         p.error(problem)

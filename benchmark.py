@@ -5,8 +5,8 @@ VisionTransformer of the same configuration, and LLB on our (frozen) ViT.
     python benchmark.py --device cuda --compile   # the same, compiled
 
 What is measured, per model, in one process, on the same random batch (fixed seed; nothing is
-learned), with the same optimizer (AdamW, fused on CUDA, lr 1e-4, weight decay 0.05 on matrices
-via recipe.build_optimizer) and the same autocast setting (--amp):
+learned), with the same optimizer (AdamW, fused on CUDA, lr 1e-4, weight decay 0.05 on every
+parameter) and the same autocast setting (--amp):
   * train step = forward under autocast + loss + backward + optimizer step (no grad clipping).
       vit, torchvision_vit: cross-entropy, every parameter trains (a full fine-tune);
       llb: llb.LLB.loss (CE(p_N, y) + lambda L_div), backbone frozen, only the branch trains.
@@ -47,11 +47,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
-from util import cli
 import llb
-from inputs import pretrained
-from util import recipe
 import vit
+from inputs import pretrained
+from util import cli, recipe
 
 MODELS = ("vit", "torchvision_vit", "llb")
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-4, 0.05, 1000
@@ -183,8 +182,8 @@ def prepare(name: str, args, device, x, y) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(name, args).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = recipe.build_optimizer(params, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY,
-                                 decay_all=False, device=device)
+    # the same optimizer for every model measured: AdamW, fused on CUDA (as train.py's)
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     autocast = recipe.autocast(args.amp, device)
     net = torch.compile(model) if args.compile else model
@@ -337,10 +336,12 @@ def parse_args(argv=None):
     add("--out-dir", default="runs/benchmark", help="where benchmark.json goes")
     add("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but this machine has no CUDA GPU")
-    args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
+    if args.device is None:
+        args.device = recipe.default_device()
+    if args.amp is None:
+        args.amp = recipe.default_amp(args.device)
     if args.batch_size is None:
         args.batch_size = 128 if args.device == "cuda" else 8
     problem = recipe.out_of_range(args)

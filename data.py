@@ -40,8 +40,8 @@ from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
 from inputs.images import build_image_folder, build_inat2018, decode_within_budget, load_rgb
-from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD,
-                       SyntheticObjects)
+from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN,
+                              SYNTHETIC_STD, SyntheticObjects)
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
 AUGMENTS = ("paper", "basic", "none")
@@ -226,11 +226,29 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
     keys = ("resize_size", "crop_size", "interpolation", "mean", "std")
     if any(k not in eval_spec for k in keys) or eval_spec["interpolation"] not in INTERPOLATIONS:
         raise ValueError(f"eval_spec {eval_spec} is malformed; expected keys {keys} with "
-                         f"interpolation one of {tuple(INTERPOLATIONS)} (vit.py builds it from "
-                         "the weights' transforms())")
+                         f"interpolation one of {tuple(INTERPOLATIONS)} (inputs/pretrained.py's "
+                         "eval_spec(NAME) builds it for released weights)")
     if image_size is not None and image_size != eval_spec["crop_size"]:
         raise ValueError(f"image_size={image_size} conflicts with the pretrained weights' crop "
                          f"size {eval_spec['crop_size']}; drop image_size or use matching weights")
+
+
+def default_augment(name: str, *, pretrained: bool, backbone_augment: str | None = None) -> str:
+    """The training augmentation when none is asked for (the only place that decides it).
+
+    synthetic: none (a flip or crop would move the marks that tell twin objects apart); CIFAR:
+    basic (pad-4 crop + flip); photo sets: the paper's RandAugment on released weights (the
+    authors' setting), else what the backbone checkpoint was trained with, else basic (a ViT
+    from scratch on a small folder underfits under RandAugment(3, 9))."""
+    if name == "synthetic":
+        return "none"
+    if name in CIFAR_STATS:
+        return "basic"
+    if pretrained:
+        return "paper"
+    if backbone_augment is not None:
+        return backbone_augment
+    return "basic"
 
 
 def build_datasets(name: str, root: str | None = None, *, image_size: int | None = None,
@@ -243,13 +261,12 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
     `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
-    None means the dataset's default: "none" for synthetic (its only valid value), "basic"
-    (the from-scratch recipe) for every other set. `decode_budget_bytes=0` streams every set.
+    None means `default_augment`'s. `decode_budget_bytes=0` streams every set.
     """
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
                    max_per_class=max_per_class, augment=augment)
     if augment is None:
-        augment = "none" if name == "synthetic" else "basic"
+        augment = default_augment(name, pretrained=eval_spec is not None)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
                                              augment=augment)
     coarse_of_class = None

@@ -16,6 +16,7 @@ Speed and memory: benchmark.py. What LLB learned: analyze.py.
 """
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -26,17 +27,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from util import cli
 import data
-from util import distributed
-from util import evaluate
 import llb
-from plotting import curves
-from inputs import pretrained
-from util import recipe
 import vit
+from inputs import pretrained
+from plotting import curves
+from util import cli, distributed, evaluate, recipe
 from util.checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
-                        prepare_out_dir, restore, save_checkpoint, saved_recipe)
+                             prepare_out_dir, restore, save_checkpoint)
 from util.distributed import is_master
 
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
@@ -55,31 +53,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--dataset", choices=data.DATASETS, help="default: synthetic (built in, no download)")
     g("--data-dir", help="root of the dataset's files")
     g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018")
-    g("--image-size", type=int, help="default: the dataset's (32 or 224) or the weights'")
+    g("--image-size", type=int, help=f"default: the weights' crop, else the dataset's "
+      f"({', '.join(f'{k} {v}' for k, v in recipe.NATIVE_SIZE.items())}, else "
+      f"{recipe.PHOTO_SIZE})")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
-    g("--augment", choices=("paper", "basic", "none"), help="training augmentation (default: "
-      "none on synthetic, basic on CIFAR and from scratch, paper on released weights)")
+    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: "
+      "data.default_augment: none on synthetic, paper on released weights, else basic)")
     g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
-    g("--model", choices=list(vit.PRESETS), help="ViT preset (default: fits the image size)")
-    g("--patch-size", type=int, help="default: 8 on synthetic, 4 up to 64 px, else the preset's")
+    g("--model", choices=list(vit.PRESETS), help=f"ViT preset (default: {recipe.DEMO['model']} "
+      f"on synthetic, {recipe.SMALL_PRESET} up to {recipe.SMALL_IMAGE} px, else "
+      f"{recipe.LARGE_PRESET})")
+    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, "
+      f"{recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
       "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
-    g("--dropout", type=float, help="ViT dropout (default 0)")
+    g("--dropout", type=float, help=f"ViT dropout (default {recipe.default_of('dropout')})")
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
     g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
-    g("--num-objects", type=int, help="O latent objects (default 2048; 64 on synthetic)")
+    g("--num-objects", type=int, help=f"O latent objects (default "
+      f"{recipe.llb_default('num_objects')}; {recipe.DEMO['num_objects']} on synthetic)")
     g("--llb-depth", type=int, help=f"LLB layers, extractor included "
       f"(default {recipe.llb_default('depth')})")
     g("--tau", type=float, help=f"assignment temperature (default {recipe.llb_default('tau')})")
     g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipe.llb_default('alpha')})")
     g("--diversity-weight", type=float,
       help=f"lambda, weight of L_div (default {recipe.llb_default('diversity_weight')})")
-    g("--diversity-mode", choices=("batch", "image"), help="average of p~ (default batch)")
+    g("--diversity-mode", choices=("batch", "image"),
+      help=f"average of p~ (default {recipe.llb_default('diversity_mode')})")
     flag = dict(action="store_true", default=None)
     g("--no-disconnect", **flag, help="ablation: N_0 = visual tokens")
     g("--no-diversity", **flag, help="ablation: no L_div")
@@ -87,9 +92,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--no-integrate", **flag, help="ablation: p_O = p_N")
     g("--unfreeze", **flag, help="train the backbone too (paper: frozen)")
     g = p.add_argument_group("optimization (defaults: recipe.STAGE_DEFAULTS)").add_argument
-    g("--epochs", type=int, help="default: 70 (paper); on synthetic 12 for a ViT, 4 for LLB")
-    g("--llb-epochs", type=int, help="the LLB stage of vit+llb (default: --epochs; 4 on synthetic)")
-    g("--batch-size", type=int, help="per process (default 128, the paper's per GPU)")
+    g("--epochs", type=int, help=f"default: {recipe.default_of('epochs')} (paper); on synthetic "
+      f"{recipe.DEMO['epochs']} for a ViT, {recipe.DEMO['llb_epochs']} for LLB")
+    g("--llb-epochs", type=int, help=f"the LLB stage of vit+llb (default: --epochs; "
+      f"{recipe.DEMO['llb_epochs']} on synthetic)")
+    g("--batch-size", type=int,
+      help=f"per process (default {recipe.default_of('batch_size')}, the paper's per GPU)")
     g("--lr", type=float, help="peak learning rate")
     g("--llb-lr", type=float, help="the LLB stage of vit+llb (default: --lr, else its own)")
     g("--min-lr", type=float, help="floor of the cosine decay")
@@ -99,14 +107,14 @@ def parse_args(argv=None) -> argparse.Namespace:
       help="decay every parameter (else matrices only)")
     g("--warmup-epochs", type=float, help="linear warmup before the cosine decay")
     g("--clip-grad", type=float, help="max gradient norm (0: off)")
-    g("--label-smoothing", type=float, help="default 0")
+    g("--label-smoothing", type=float, help=f"default {recipe.default_of('label_smoothing')}")
     g("--eval-amp", action=argparse.BooleanOptionalAction, help="evaluate under autocast too")
     g = p.add_argument_group("runtime").add_argument
     g("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     g("--gpus", type=int, default=1, help="processes to start on this machine (DDP)")
     g("--amp", choices=("bf16", "fp16", "off"), help="autocast: default bf16 on cuda, else off")
     g("--compile", action="store_true", help="torch.compile the model")
-    g("--seed", type=int, help="default 0")
+    g("--seed", type=int, help=f"default {recipe.default_of('seed')}")
     g("--out-dir", help="default: runs/<dataset>_<method>")
     g("--resume", action="store_true", help="continue from <out-dir>/last.pt")
     g("--overwrite", action="store_true", help="replace the run files already in --out-dir")
@@ -116,36 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     problem = recipe.check_options(args)
     if problem:
         p.error(problem)
+    recipe.resolve_runtime(args)
     return args
-
-
-# ----------------------------------------------------------------------------- planning
-
-
-def plan(args) -> list[tuple[recipe.Recipe, Path]]:
-    """Each stage's recipe and folder, resolved and checked before anything is built."""
-    out = Path(args.out_dir)
-    stages = [(args.method, out)]
-    if args.method == "vit+llb":  # the ViT stage into <out>/vit, then LLB on it into <out>
-        stages = [("vit", out / "vit"), ("llb", out)]
-    source, source_vit = saved_recipe(args.backbone) if args.backbone else (None, None)
-    if source is None and source_vit is not None:  # an older checkpoint: its size at least
-        source = {"image_size": source_vit["image_size"]}
-    planned = []
-    for i, (stage, folder) in enumerate(stages):
-        last = folder / "last.pt"
-        base = saved_recipe(last)[0] if args.resume and last.exists() else None
-        backbone = args.backbone if i == 0 else str(stages[0][1] / "last.pt")
-        r = recipe.resolve(args, stage, backbone=backbone, base=base, source=source,
-                            first_stage=i == 0)
-        if base is not None:
-            recipe.check_resume(r, base, last)
-        if r.llb is not None:  # --layer against the backbone, for both stages of vit+llb
-            depth = recipe.backbone_depth(planned[0][0] if planned else r, source_vit)
-            r.llb = asdict(llb.LLBConfig(**r.llb).for_backbone(depth))
-        planned.append((r, folder))
-        source = asdict(r)
-    return planned
 
 
 # ----------------------------------------------------------------------------- building
@@ -174,6 +154,32 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
     return getattr(net, "module", net)
 
 
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
+                    decay_all: bool, device: torch.device) -> torch.optim.Optimizer:
+    """Adam(W) over `params`; weight decay on every parameter (decay_all: the authors' LLB,
+    `Adam(params, weight_decay=1e-4)`) or on matrices and embeddings only (as nanoGPT)."""
+    if decay_all:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # Note: Adam adds weight_decay * w to the gradient (coupled L2); AdamW decays w directly.
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, fused=device.type == "cuda")
+
+
+def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps (the whole run:
+    the authors' T_max of 10 epochs for a 70-epoch run is a defect not copied here)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
 # ----------------------------------------------------------------------------- loops
 
 
@@ -195,7 +201,7 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
     for i, (x, y) in enumerate(bar):
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
-        lr = recipe.lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
+        lr = lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # forward and loss: both models, one call
@@ -247,7 +253,7 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
     # build the model, its optimizer and the fp16 loss scaler
     model = build_model(r, info.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = recipe.build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
+    optimizer = build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
                                         weight_decay=r.weight_decay, decay_all=r.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
     # resume: the state after the last saved epoch
@@ -347,7 +353,7 @@ def main(argv=None) -> dict | None:
         finally:
             distributed.teardown()
     # plan every stage and check the out-dir before starting processes or building anything
-    planned = plan(args)
+    planned = recipe.plan(args)
     if "RANK" not in os.environ:
         prepare_out_dir(args.out_dir, [folder for _, folder in planned], resume=args.resume,
                         overwrite=args.overwrite)

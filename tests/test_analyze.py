@@ -12,8 +12,8 @@ from torchvision.io import decode_png, read_file
 
 import analyze
 import data
-from plotting import plots
 import train
+from plotting import plots
 
 O = 16  # latent objects of the tiny run
 

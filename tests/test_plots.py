@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from plotting import curves
-from plotting import plots
+from plotting import curves, plots
 
 
 def pixels(image) -> torch.Tensor:

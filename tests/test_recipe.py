@@ -11,8 +11,8 @@ import torch
 
 import benchmark
 import data
-from util import recipe
 import train
+from util import recipe
 
 REPO = os.path.dirname(os.path.abspath(train.__file__))
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
@@ -37,44 +37,44 @@ def test_recipe_is_printed_saved_and_first_in_metrics(tmp_path, capsys):
 def test_each_stage_resolves_its_own_defaults():
     args = train.parse_args(["--dataset", "imagenet", "--data-dir", "x", "--method", "llb",
                              "--pretrained", "vit_b_16:IMAGENET1K_SWAG_E2E_V1"])
-    (r, folder), = train.plan(args)
+    (r, folder), = recipe.plan(args)
     assert (r.stage, r.defaults, r.optimizer, r.lr, r.epochs) == ("llb", "llb", "adam", 1e-4, 70)
     assert (r.image_size, r.augment, r.batch_size) == (384, "paper", 128)  # SWAG: 384 px
     assert r.llb["num_objects"] == 2048 and r.llb["layer"] == 11 and r.llb["depth"] == 6
     assert folder.name == "imagenet_llb"
     # the demo: both stages of vit+llb, the LLB stage with the synthetic set's own sizes
-    (v, _), (l, _) = train.plan(train.parse_args(["--lr", "0.002"]))
+    (v, _), (l, _) = recipe.plan(train.parse_args(["--lr", "0.002"]))
     assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
     assert (l.defaults, l.lr, l.epochs, l.llb["num_objects"]) == ("llb", 0.002, 4, 64)
     assert l.backbone.endswith(os.path.join("vit", "last.pt")) and l.model is None
     # a ViT from scratch on a folder of small images: basic augmentation, ViT-Ti/4
     args = train.parse_args(["--dataset", "folder", "--data-dir", "x", "--image-size", "32",
                              "--method", "vit"])
-    (r, _), = train.plan(args)
+    (r, _), = recipe.plan(args)
     assert (r.augment, r.model, r.patch_size, r.lr) == ("basic", "tiny", 4, 1e-3)
 
 
 def test_the_llb_stage_defaults_to_the_authors_recipe_exactly():
     """Adam with coupled L2 1e-4 on every trainable parameter (biases and LayerNorms too), no
     clipping, no warmup, cosine to eta_min 5e-5, fp32 evaluation; a ViT keeps its own."""
-    (v, _), (r, _) = train.plan(train.parse_args(["--dataset", "folder", "--data-dir", "x"]))
+    (v, _), (r, _) = recipe.plan(train.parse_args(["--dataset", "folder", "--data-dir", "x"]))
     assert (r.optimizer, r.weight_decay, r.decay_all, r.clip_grad) == ("adam", 1e-4, True, 0.0)
     assert (r.lr, r.min_lr, r.warmup_epochs, r.eval_amp) == (1e-4, 5e-5, 0.0, False)
     assert (v.optimizer, v.decay_all, v.clip_grad, v.eval_amp) == ("adamw", False, 1.0, True)
     model = train.build_model(v, num_classes=3)
     params = list(model.parameters())
-    opt = recipe.build_optimizer(params, name=r.optimizer, lr=r.lr, weight_decay=r.weight_decay,
+    opt = train.build_optimizer(params, name=r.optimizer, lr=r.lr, weight_decay=r.weight_decay,
                                  decay_all=r.decay_all, device=torch.device("cpu"))
     assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
     (group,) = opt.param_groups
     assert group["weight_decay"] == 1e-4 and len(group["params"]) == len(params)
-    opt = recipe.build_optimizer(params, name="adamw", lr=1e-3, weight_decay=0.05,
+    opt = train.build_optimizer(params, name="adamw", lr=1e-3, weight_decay=0.05,
                                  decay_all=False, device=torch.device("cpu"))
     decayed, plain = opt.param_groups
     assert all(p.ndim >= 2 for p in decayed["params"]) and plain["weight_decay"] == 0.0
     assert all(p.ndim < 2 for p in plain["params"])
     with pytest.raises(ValueError, match=r"floor of the learning rate, 5e-05, is above its peak"):
-        train.plan(train.parse_args(["--method", "llb", "--dataset", "folder", "--data-dir", "x",
+        recipe.plan(train.parse_args(["--method", "llb", "--dataset", "folder", "--data-dir", "x",
                                      "--pretrained", "vit_b_16:IMAGENET1K_V1", "--lr", "1e-5"]))
 
 
@@ -88,14 +88,14 @@ def test_training_loop_reads_the_loss_back_every_log_interval_only(monkeypatch):
     """No host sync per step: this project's code reads tensors back only every LOG_EVERY steps.
     Every way of reading a tensor on the host is spied on when called from a file of the repo."""
     args = train.parse_args(TINY + ["--method", "vit+llb", "--batch-size", "2", "--max-per-class", "5"])
-    r = train.plan(args)[1][0]
+    r = recipe.plan(args)[1][0]
     r.backbone = None  # LLB on a fresh ViT: only the step is tested here
     r.model, r.patch_size = "micro", 8
     train_set, _, info = data.build_datasets("synthetic", max_per_class=5)
     loader = data.build_loader(train_set, batch_size=2, train=True)
     model = train.build_model(r, info.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = recipe.build_optimizer(params, name="adam", lr=1e-3, weight_decay=0.0,
+    optimizer = train.build_optimizer(params, name="adam", lr=1e-3, weight_decay=0.0,
                                        decay_all=True, device=torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     reads = []

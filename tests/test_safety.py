@@ -9,10 +9,8 @@ import sys
 import pytest
 import torch
 
-from util import checkpoint
-from util import cli
-from util import evaluate
 import train
+from util import checkpoint, cli, evaluate
 
 REPO = os.path.dirname(os.path.abspath(train.__file__))
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from util import recipe
 import train
 
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
@@ -140,11 +139,11 @@ def test_two_cpu_processes_share_the_data_and_keep_identical_parameters(tmp_path
 def test_schedule_spans_the_whole_run():
     """Warmup, then cosine to the floor at the last step of the run (the authors' T_max stopped
     at 10 epochs of 70)."""
-    lr = [recipe.lr_at(s, total=100, warmup=10, peak=1.0) for s in range(100)]
+    lr = [train.lr_at(s, total=100, warmup=10, peak=1.0) for s in range(100)]
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # decays monotonically
     assert lr[55] == pytest.approx(0.5, abs=0.02) and lr[99] < 1e-3
-    floored = [recipe.lr_at(s, total=100, warmup=0, peak=1e-4, floor=5e-5) for s in range(101)]
+    floored = [train.lr_at(s, total=100, warmup=0, peak=1e-4, floor=5e-5) for s in range(101)]
     assert floored[0] == pytest.approx(1e-4) and floored[100] == pytest.approx(5e-5)
     assert floored[50] == pytest.approx(7.5e-5)
 

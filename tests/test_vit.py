@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.vision_transformer import interpolate_embeddings
 
-from inputs import pretrained
 import vit
+from inputs import pretrained
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

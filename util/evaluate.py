@@ -10,9 +10,8 @@ from dataclasses import fields
 import torch
 
 import data
-from util import distributed
 import llb
-from util import recipe
+from util import distributed, recipe
 from util.checkpoint import load_checkpoint, model_from_checkpoint
 from util.distributed import is_master
 

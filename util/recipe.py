@@ -10,17 +10,18 @@ the dataset's demo defaults (synthetic) > the stage's defaults (STAGE_DEFAULTS) 
 default in `Recipe`. Also here: what the recipe describes, the optimizer (`build_optimizer`),
 the learning-rate schedule (`lr_at`) and the autocast context (`autocast`).
 """
-import math
 import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
 import data
-from util import distributed
 import llb
-from inputs import pretrained as pretrained_weights
 import vit
+from inputs import pretrained as pretrained_weights
+from util import distributed
+from util.checkpoint import saved_recipe
 
 # Which defaults a stage takes (the `defaults` field of a Recipe):
 #   scratch:  a ViT trained from scratch, the DeiT-style AdamW setting (Touvron et al., 2021)
@@ -38,8 +39,13 @@ STAGE_DEFAULTS = {
 }
 # The CPU demo (synthetic set) is sized to finish in minutes on 2 cores; its LLB stage uses a
 # larger lr and fewer objects than the ImageNet recipe, which it cannot train to a plateau in time.
-DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64)  # epochs: of a ViT stage
-NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # other sets: 224 px
+DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64,  # epochs: of a ViT stage
+            model="micro", patch_size=8)  # patch 8: one patch is one cell of the synthetic grid
+NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # the sets' own image sizes
+PHOTO_SIZE = 224  # the input size of other sets, as the paper's
+# A ViT from scratch on images of at most SMALL_IMAGE px: the `tiny` preset with patch SMALL_PATCH
+# (a 32 px image is then 8 x 8 patches); on larger images the `base` preset with its own patch.
+SMALL_IMAGE, SMALL_PRESET, SMALL_PATCH, LARGE_PRESET = 64, "tiny", 4, "base"
 # The numeric options' ranges: (options, test, the range as said in the error)
 OPTION_RANGES = [
     (("epochs", "llb_epochs", "batch_size", "image_size", "max_per_class", "gpus", "num_objects",
@@ -159,7 +165,8 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         values["lr"] = pick("lr", DEMO["llb_lr"])
     # data: the input size and augmentation follow the weights the stage starts from
     values["image_size"] = pick("image_size", native_size(dataset, pretrained, source))
-    values["augment"] = pick("augment", default_augment(dataset, pretrained, source))
+    values["augment"] = pick("augment", data.default_augment(
+        dataset, pretrained=bool(pretrained), backbone_augment=(source or {}).get("augment")))
     # model: a preset when training from scratch, else what the weights define
     values["backbone"] = backbone if backbone else (base or {}).get("backbone")
     values["model"] = None
@@ -181,35 +188,20 @@ def native_size(dataset: str, pretrained: str | None, source: dict | None) -> in
         return pretrained_weights.eval_spec(pretrained)["crop_size"]
     if source:
         return source["image_size"]
-    return NATIVE_SIZE.get(dataset, 224)
-
-
-def default_augment(dataset: str, pretrained: str | None, source: dict | None) -> str:
-    """synthetic: none (it is never augmented); CIFAR: basic (crop + flip); photo sets: the
-    paper's RandAugment on released weights (the authors' setting), basic for a ViT from scratch,
-    whose small data it would underfit, and for LLB on a --backbone, what that backbone used."""
-    if dataset == "synthetic":
-        return "none"
-    if dataset in NATIVE_SIZE:
-        return "basic"
-    if pretrained:
-        return "paper"
-    if source and source.get("augment"):
-        return source["augment"]
-    return "basic"
+    return NATIVE_SIZE.get(dataset, PHOTO_SIZE)
 
 
 def default_preset(dataset: str, image_size: int) -> str:
     if dataset == "synthetic":
-        return "micro"
-    return "tiny" if image_size <= 64 else "base"
+        return DEMO["model"]
+    return SMALL_PRESET if image_size <= SMALL_IMAGE else LARGE_PRESET
 
 
 def default_patch(dataset: str, image_size: int) -> int | None:
-    """8 on synthetic (one patch = one cell), 4 on small images, else the preset's."""
+    """The demo's on synthetic, SMALL_PATCH on small images, else the preset's (None)."""
     if dataset == "synthetic":
-        return 8
-    return 4 if image_size <= 64 else None
+        return DEMO["patch_size"]
+    return SMALL_PATCH if image_size <= SMALL_IMAGE else None
 
 
 def llb_options(args, base: dict | None, demo: bool) -> dict:
@@ -242,7 +234,7 @@ def out_of_range(args) -> str | None:
 
 
 def check_options(args) -> str | None:
-    """What is wrong with the options, before anything is built; fills the runtime defaults."""
+    """What is wrong with the options, before anything is built (it changes nothing)."""
     problem = out_of_range(args)
     if problem:
         return problem
@@ -267,18 +259,37 @@ def check_options(args) -> str | None:
     if args.device is None and args.gpus > 1 and cuda == 0:
         return (f"--gpus {args.gpus} but this machine has no CUDA GPU; to run {args.gpus} CPU "
                 f"processes (gloo), add --device cpu")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device == "cuda" and args.gpus > cuda:
+    if (args.device or default_device()) == "cuda" and args.gpus > cuda:
         return f"--gpus {args.gpus} but this machine has {cuda} CUDA GPU(s)"
-    args.amp = args.amp or ("bf16" if args.device == "cuda" else "off")
-    args.world_size = int(os.environ.get("WORLD_SIZE", args.gpus))
-    dataset = args.dataset or "synthetic"
-    args.out_dir = args.out_dir or f"runs/{dataset}_{args.method.replace('+', '_')}"
+    demo = (args.dataset or default_of("dataset")) == "synthetic"
     try:  # the LLB options alone; the layer against the backbone's depth comes in plan()
-        llb.LLBConfig(**llb_options(args, None, dataset == "synthetic"))
+        llb.LLBConfig(**llb_options(args, None, demo))
     except ValueError as err:
         return str(err)
     return None
+
+
+def default_device() -> str:
+    """--device when unset: cuda when this machine has it."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_amp(device: str) -> str:
+    """--amp when unset: bf16 autocast on cuda, none on a CPU."""
+    return "bf16" if device == "cuda" else "off"
+
+
+def resolve_runtime(args) -> None:
+    """Fill train.py's runtime options left unset (after check_options): device, amp, the
+    number of processes (torchrun's WORLD_SIZE, else --gpus) and the out-dir."""
+    if args.device is None:
+        args.device = default_device()
+    if args.amp is None:
+        args.amp = default_amp(args.device)
+    args.world_size = int(os.environ.get("WORLD_SIZE", args.gpus))
+    if args.out_dir is None:
+        dataset = args.dataset or default_of("dataset")
+        args.out_dir = f"runs/{dataset}_{args.method.replace('+', '_')}"
 
 
 def check_resume(recipe: Recipe, saved: dict, path) -> None:
@@ -293,21 +304,36 @@ def check_resume(recipe: Recipe, saved: dict, path) -> None:
                          f"another --out-dir.")
 
 
+# ----------------------------------------------------------------------------- planning
+
+
+def plan(args) -> list[tuple[Recipe, Path]]:
+    """Each stage's recipe and folder, resolved and checked before anything is built."""
+    out = Path(args.out_dir)
+    stages = [(args.method, out)]
+    if args.method == "vit+llb":  # the ViT stage into <out>/vit, then LLB on it into <out>
+        stages = [("vit", out / "vit"), ("llb", out)]
+    source, source_vit = saved_recipe(args.backbone) if args.backbone else (None, None)
+    if source is None and source_vit is not None:  # an older checkpoint: its size at least
+        source = {"image_size": source_vit["image_size"]}
+    planned = []
+    for i, (stage, folder) in enumerate(stages):
+        last = folder / "last.pt"
+        base = saved_recipe(last)[0] if args.resume and last.exists() else None
+        backbone = args.backbone if i == 0 else str(stages[0][1] / "last.pt")
+        r = resolve(args, stage, backbone=backbone, base=base, source=source,
+                    first_stage=i == 0)
+        if base is not None:
+            check_resume(r, base, last)
+        if r.llb is not None:  # --layer against the backbone, for both stages of vit+llb
+            depth = backbone_depth(planned[0][0] if planned else r, source_vit)
+            r.llb = asdict(llb.LLBConfig(**r.llb).for_backbone(depth))
+        planned.append((r, folder))
+        source = asdict(r)
+    return planned
+
+
 # ----------------------------------------------------------------------------- what it builds
-
-
-def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
-                    decay_all: bool, device: torch.device) -> torch.optim.Optimizer:
-    """Adam(W) over `params`; weight decay on every parameter (decay_all: the authors' LLB,
-    `Adam(params, weight_decay=1e-4)`) or on matrices and embeddings only (as nanoGPT)."""
-    if decay_all:
-        groups = [{"params": params, "weight_decay": weight_decay}]
-    else:
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    # Note: Adam adds weight_decay * w to the gradient (coupled L2); AdamW decays w directly.
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr, fused=device.type == "cuda")
 
 
 def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
@@ -331,15 +357,6 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
                   pin_memory=device.type == "cuda", batch_size=r.batch_size)
     train_loader = data.build_loader(train_set, train=True, **loader) if train else None
     return train_loader, data.build_loader(val_set, train=False, **loader), info
-
-
-def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
-    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps (the whole run:
-    the authors' T_max of 10 epochs for a 70-epoch run is a defect not copied here)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def autocast(amp: str, device: torch.device, *, enabled: bool = True):
