@@ -7,7 +7,7 @@ semantically unrelated classes lie close in ViT space), while LLB's non-visual b
 sees only latent-object ids (A N_emb) and is trained only by the labels, arranges them by the
 labels' own structure. One pass over the validation split (eval mode, no grad; `collect`)
 measures that; `write_report` writes, next to CKPT (its run directory), figures that carry their
-own title, labels and legend (drawn by plots.py):
+own title, labels and legend (drawn by plotting/plots.py):
 
   latent_objects.png   8 validation images (one per class, the first met), each beside its patch
                        grid coloured by the argmax latent object of each patch: LLB step 1's

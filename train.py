@@ -8,7 +8,7 @@
     python train.py --eval-only runs/x/last.pt        # on the data the checkpoint was trained on
 
 `--method vit+llb` (default) is `--method vit` into <out-dir>/vit, then `--method llb` on that
-frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (recipe.py),
+frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (util/recipe.py),
 printed at start and saved in every checkpoint. It writes last.pt (after every epoch, before
 evaluating it), best.pt (best validation top-1), metrics.jsonl (the recipe, then one line per
 epoch) and results.json (the LAST epoch's numbers: nothing is selected on the validation split).
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, "
       f"{recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
-      "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see pretrained.py)")
+      "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see inputs/pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
     g("--dropout", type=float, help=f"ViT dropout (default {recipe.default_of('dropout')})")
@@ -389,7 +389,7 @@ def interrupted(folder: Path, argv) -> str:
 
 
 def entry(argv=None) -> int:
-    """The command line's entry: main() with user errors as one paragraph (see cli.py)."""
+    """The command line's entry: main() with user errors as one paragraph (see util/cli.py)."""
     return cli.run(main, argv)
 
 

@@ -1,4 +1,5 @@
-"""A compact Vision Transformer, written from scratch: the model only (pretrained.py loads weights).
+"""A compact Vision Transformer, written from scratch: the model only (released weights are
+loaded by inputs/pretrained.py).
 
 Paper: "An Image is Worth 16x16 Words", Dosovitskiy et al., ICLR 2021 (arXiv:2010.11929).
 Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-attention):
@@ -14,7 +15,8 @@ Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-at
 Symbols used throughout: B batch, N patch tokens (+1 class token), D width, H heads,
 L depth, P patch size. `forward(x, return_blocks=True)` also returns z_1..z_L, the output of
 every block, which is where LLB branches off (llb.py). Grep for "ViT Eq. (k)" to find each one.
-The parameter names are timm's (except class_token), so pretrained.py's converters stay small.
+The parameter names are timm's (except class_token), so inputs/pretrained.py's converters stay
+small.
 """
 from dataclasses import dataclass, fields, replace
 

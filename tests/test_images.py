@@ -1,4 +1,4 @@
-"""Tests for images.py: image modes, image folders, iNat 2018, decoding once into memory."""
+"""Tests for inputs/images.py: image modes, image folders, iNat 2018, decoding once into memory."""
 import json
 import os
 import struct

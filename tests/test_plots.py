@@ -1,5 +1,5 @@
-"""Tests for plots.py: colours, layout, that text lands in the label margins, and that the curves
-of a constructed metrics.jsonl hit the pixel rows their values map to."""
+"""Tests for plotting/plots.py: colours, layout, that text lands in the label margins, and that
+the curves of a constructed metrics.jsonl hit the pixel rows their values map to."""
 import json
 import math
 

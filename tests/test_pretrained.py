@@ -1,4 +1,5 @@
-"""Tests for pretrained.py with timm as the oracle: timm and MAE files load with timm's logits.
+"""Tests for inputs/pretrained.py with timm as the oracle: timm and MAE files load with timm's
+logits.
 
 timm is a test-only dependency (pretrained.py never imports it), as minGPT tests against HF
 transformers. torchvision weights: test_vit.py.

@@ -1,4 +1,4 @@
-"""The recipe record (recipe.py), the one training step, and the layout of the programs."""
+"""The recipe record (util/recipe.py), the one training step, and the layout of the programs."""
 import ast
 import glob
 import json

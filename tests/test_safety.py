@@ -1,5 +1,5 @@
-"""No run loses work or silently does something other than asked (train.py, checkpoint.py,
-cli.py): the out-dir guard, resume and eval following the checkpoint, save-before-evaluate,
+"""No run loses work or silently does something other than asked (train.py, util/checkpoint.py,
+util/cli.py): the out-dir guard, resume and eval following the checkpoint, save-before-evaluate,
 failed saves, unreadable files, and errors printed for people."""
 import json
 import os
