@@ -4,9 +4,8 @@
 `(normalized float32 tensor (3, H, W), int label)`; `build_loader(...)` shuffles (and shards with
 DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
 Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 superclasses),
-`imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365` (torchvision, high
-resolution), `inat2018` (official train2018.json / val2018.json split). Image files, folders and
-iNat are read by inputs/images.py (any PIL mode to 8-bit RGB: 16-bit scaled, transparency on white).
+`imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365`, `inat2018` (official
+json split); their files are read by inputs/images.py; `synthetic` is inputs/synthetic.py's.
 
 Augmentation (`augment`): `paper` is the authors' recipe for LLB on a pretrained backbone,
 train = Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) -> normalize (on CIFAR:
@@ -22,7 +21,6 @@ every epoch. The leading Resize/CenterCrop runs once at decode time with the sam
 streaming, so eval tensors are identical either way. Under DDP each process holds a copy.
 
 `read_real_labels` and `real_hits` score ImageNet validation predictions against ImageNet-ReaL.
-The default set, `synthetic`, is generated in memory by inputs/synthetic.py.
 """
 from __future__ import annotations
 
