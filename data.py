@@ -7,12 +7,11 @@ Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 supe
 `imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365`, `inat2018` (official
 json split); their files are read by inputs/images.py; `synthetic` is inputs/synthetic.py's.
 
-Augmentation (`augment`): `paper` is the authors' recipe for LLB on a pretrained backbone,
-train = Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) -> normalize (on CIFAR:
-random crop + flip + RandAugment); `basic` is for a ViT trained from scratch (CIFAR: random crop
-with padding + flip; photo and folder sets: random-resized crop + flip); `none` trains on the
-eval framing. Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
-transform of pretrained weights) sizes, interpolation, mean and std come from the weights.
+Augmentation (`augment`, default `default_augment`'s): `paper` is the authors' recipe for LLB
+on a pretrained backbone, Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) (CIFAR:
+crop + flip + RandAugment); `basic` is for a ViT from scratch (CIFAR: padded crop + flip; photo
+sets: random-resized crop + flip); `none` trains on the eval framing, Resize 256 (bicubic) ->
+CenterCrop 224, or with `eval_spec` the released weights' sizes, interpolation, mean and std.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
