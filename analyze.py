@@ -18,8 +18,9 @@ own title, labels and legend (drawn by plots.py):
   latent_objects.txt   the same legend as text (id, RGB, share of patches) and the layout.
   centroids_visual.png, centroids_nonvisual.png
                        K x K cosine similarity of the class centroids (mean feature over the
-                       class's validation images) of feat_v = LN(c_v) (the ViT's space) and of
-                       feat_n = LN(c_n) (LLB's non-visual space); blue -1, white 0, red +1, grey:
+                       class's validation images) of feat_v (the ViT's space: LN(c_v), or on
+                       an average-pooling backbone such as MAE LN(mean of the patch tokens)) and
+                       of feat_n = LN(c_n) (LLB's non-visual space, on every backbone); blue -1, white 0, red +1, grey:
                        class without images. Rows and columns are named classes in the same
                        order in both, grouped by superclass when the set has them (black lines
                        between superclasses, named beside the rows), else by class id.
@@ -59,7 +60,8 @@ KELLY = ("F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 
          "F99379 604E97 F6A600 B3446C DCD300 882D17 8DB600 654522 E25822 2B3D26").split()
 HEADS = {"visual": "p_V", "nonvisual": "p_N", "integrated": "p_O"}
 PREDICTION = {"visual": "pred_v", "nonvisual": "pred_n", "integrated": "pred_o"}  # collect's keys
-SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v = LN(c_v), its class token"),
+SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head reads (LN(c_v), "
+                               "or LN(mean of the patch tokens) on an average-pooling backbone)"),
           "nonvisual": ("feat_n", "LLB's non-visual space: feat_n = LN(c_n), its class token")}
 
 
@@ -138,7 +140,7 @@ def object_colours(counts: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one pass
 def collect(model, loader, device, autocast) -> dict:
-    """One pass of an LLB `model` (eval mode) over `loader`: per image the features c_v, c_n
+    """One pass of an LLB `model` (eval mode) over `loader`: per image the features
     (feat_v, feat_n: (n, D)), labels y and predicted classes pred_v, pred_n, pred_o (n,); per
     object its argmax count and summed assignment (O,); the first image of each of the first
     NUM_IMAGES classes met (images (m, 3, S, S), image_objects (m, N) patch argmaxes,

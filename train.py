@@ -71,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
     g("--dropout", type=float, help="ViT dropout (default 0)")
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
-    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
+    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1: the "
+      "paper's 11 on ViT-B; on other depths our choice, unpublished)")
     g("--num-objects", type=int, help="O latent objects (default 2048; 64 on synthetic)")
     g("--llb-depth", type=int, help=f"LLB layers, extractor included "
       f"(default {recipe.llb_default('depth')})")
