@@ -20,8 +20,8 @@ own title, labels and legend (drawn by plots.py):
                        K x K cosine similarity of the class centroids (mean feature over the
                        class's validation images) of feat_v (the ViT's space: LN(c_v), or on
                        an average-pooling backbone such as MAE LN(mean of the patch tokens)) and
-                       of feat_n = LN(c_n) (LLB's non-visual space, on every backbone); blue -1, white 0, red +1, grey:
-                       class without images. Rows and columns are named classes in the same
+                       of feat_n = LN(c_n) (LLB's non-visual space, on every backbone); blue
+                       -1, white 0, red +1, grey: class without images. Rows and columns are named classes in the same
                        order in both, grouped by superclass when the set has them (black lines
                        between superclasses, named beside the rows), else by class id.
   analysis.json        object usage (objects used as an argmax, perplexity exp(H(p~)) of the mean
