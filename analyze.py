@@ -324,6 +324,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--classes", help="default: the checkpoint's")
     add("--max-per-class", type=int, help="default: the checkpoint's")
     add("--image-size", type=int, help="default: the checkpoint's")
+    add("--eval-framing", choices=data.EVAL_FRAMINGS, help="the weights' own eval transform or "
+        "the authors' (Resize 256 bicubic -> CenterCrop 224); default: the checkpoint's")
     add("--batch-size", type=int, help="default: the checkpoint's")
     add("--workers", type=int, help="loader processes (default: 0 in memory, else <= 8)")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")

@@ -17,7 +17,8 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from distributed import is_master
 
 # What an evaluation may take from the command line instead of the checkpoint's recipe
-DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size")
+DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size",
+                "eval_framing")
 EVAL_OPTIONS = DATA_OPTIONS + ("batch_size", "amp")
 PREDICTIONS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)",
                "integrated": "p_O (integrated)"}

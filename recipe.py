@@ -64,6 +64,9 @@ class Recipe:
     max_per_class: int | None = None  # subset: at most M images per class
     image_size: int = 32  # H = W of the model's input
     augment: str = "none"  # training augmentation: paper, basic or none (see data.py)
+    # evaluation framing (data.EVAL_FRAMINGS): "weights", the released weights' own eval transform
+    # (AugReg: Resize 248); "authors", Resize 256 bicubic -> CenterCrop 224 (SWAG 384 -> 384)
+    eval_framing: str = "weights"
     # model
     model: str | None = None  # ViT preset of a ViT from scratch (None: from weights/checkpoint)
     patch_size: int | None = None  # P of a ViT from scratch
@@ -144,7 +147,8 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         return fallback
 
     values = {name: pick(name, default_of(name)) for name in (
-        "dataset", "data_dir", "classes", "max_per_class", "pretrained", "weights_file",
+        "dataset", "data_dir", "classes", "max_per_class", "eval_framing", "pretrained",
+        "weights_file",
         "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
     dataset = values["dataset"]
     demo = dataset == "synthetic"
@@ -324,7 +328,7 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
         augment=r.augment, classes=r.classes,
         max_per_class=r.max_per_class, download=download and rank == 0, seed=r.seed,
-        expected_num_classes=expected, weights_name=r.pretrained)
+        expected_num_classes=expected, weights_name=r.pretrained, eval_framing=r.eval_framing)
     if download and rank == 0:
         distributed.barrier()
     loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,

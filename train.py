@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
     g("--augment", choices=("paper", "basic", "none"), help="training augmentation (default: "
       "none on synthetic, basic on CIFAR and from scratch, paper on released weights)")
+    g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
+      f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
+      f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
     g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
