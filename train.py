@@ -3,7 +3,7 @@
     python train.py                                   # CPU demo: synthetic set, ViT then LLB
     python train.py --dataset cifar100 --data-dir data --download
     python train.py --method llb --dataset imagenet --data-dir /data/imagenet \\
-        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 8 --batch-size 64
+        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 4   # the authors' 4 x 128
     torchrun --nnodes 2 --nproc-per-node 8 train.py --method llb ...   # multi-node: same flags
     python train.py --eval-only runs/x/last.pt        # on the data the checkpoint was trained on
 
