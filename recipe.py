@@ -12,7 +12,7 @@ the learning-rate schedule (`lr_at`) and the autocast context (`autocast`).
 """
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 
@@ -288,6 +288,8 @@ def check_options(args) -> str | None:
 def check_resume(recipe: Recipe, saved: dict, path) -> None:
     """--resume into a different recipe fails, naming each option that differs."""
     mine = asdict(recipe)
+    # a field newer than the checkpoint (e.g. eval_framing) counts as its default there
+    saved = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING} | saved
     differ = [f"{k}: checkpoint {saved.get(k)!r}, this command {mine[k]!r}" for k in mine
               if k not in SAFE_TO_CHANGE and saved.get(k) != mine[k]]
     if differ:

@@ -190,3 +190,8 @@ def test_eval_framing_is_an_option_saved_in_the_recipe_and_taken_by_eval_only(tm
     older = {"kind": "vit", "recipe": {k: v for k, v in asdict(r).items() if k != "eval_framing"}}
     assert evaluate.checkpoint_recipe(older, "x.pt", train.parse_args(
         ["--eval-only", "x.pt"])).eval_framing == "weights"
+    # --resume: a checkpoint older than the option resumes with the default, not another one
+    recipe.check_resume(own, older["recipe"], "last.pt")
+    with pytest.raises(ValueError, match=r"eval_framing: checkpoint 'weights', this command "
+                                         r"'authors'"):
+        recipe.check_resume(r, older["recipe"], "last.pt")
