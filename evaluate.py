@@ -119,5 +119,6 @@ def evaluate_checkpoint(args, device) -> dict:
                        recipe.autocast(r.amp, device, enabled=r.eval_amp), real=real)
     if is_master():
         print_table(results, f"{args.eval_only} on {info.name} validation "
-                             f"({len(val_loader.dataset)} images)")
+                             f"({len(val_loader.dataset)} images, eval framing "
+                             f"{r.eval_framing})")
     return results
