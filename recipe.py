@@ -148,8 +148,7 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
 
     values = {name: pick(name, default_of(name)) for name in (
         "dataset", "data_dir", "classes", "max_per_class", "eval_framing", "pretrained",
-        "weights_file",
-        "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
+        "weights_file", "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
     dataset = values["dataset"]
     demo = dataset == "synthetic"
     pretrained = values["pretrained"]
