@@ -18,20 +18,32 @@ own title, labels and legend (drawn by plotting/plots.py):
   latent_objects.txt   the same legend as text (id, RGB, share of patches) and the layout.
   centroids_visual.png, centroids_nonvisual.png
                        K x K cosine similarity of the class centroids (mean feature over the
-                       class's validation images) of feat_v = LN(c_v) (the ViT's space) and of
-                       feat_n = LN(c_n) (LLB's non-visual space); blue -1, white 0, red +1, grey:
-                       class without images. Rows and columns are named classes in the same
-                       order in both, grouped by superclass when the set has them (black lines
-                       between superclasses, named beside the rows), else by class id.
+                       class's validation images) of feat_v (the ViT's space: LN(c_v), or on
+                       an average-pooling backbone such as MAE LN(mean of the patch tokens)) and
+                       of feat_n = LN(c_n) (LLB's non-visual space, on every backbone); blue
+                       -1, white 0, red +1, grey: class without images. Rows and columns are
+                       named classes in the same order in both, grouped by superclass when the
+                       set has them or --superclasses FILE gives them (black lines between
+                       superclasses, named beside the rows), else by class id.
+  centroids_pca.png    the same centroids in 2-D, one panel per space: scaled to unit length and
+                       projected on the first two principal axes of that space's centroids
+                       (PCA; the axes say their share of the variance), each class a point
+                       coloured by its superclass (legend) and named (up to 40 classes).
   analysis.json        object usage (objects used as an argmax, perplexity exp(H(p~)) of the mean
                        assignment p~: the effective number of objects, cf. L_div = -H(p~)),
                        top-1 of p_V, p_N, p_O, agreement of the visual and non-visual heads, the
-                       mean off-diagonal centroid cosine per space, and the mean centroid cosine
-                       within vs across superclasses (null without a hierarchy). On CIFAR-100 the
+                       mean off-diagonal centroid cosine per space, the mean centroid cosine
+                       within vs across superclasses (null without a hierarchy), and the share
+                       of variance of the two PCA axes per space. On CIFAR-100 the
                        superclasses are semantic groups, which the claim predicts LLB's space
                        pulls together more than the ViT's does; on the synthetic set they are the
                        look-alike twins (same shape), which the ViT places close and the labels
                        do not relate.
+
+Superclasses: CIFAR-100's 20 and the synthetic set's shapes are built in; for ImageNet or any
+folder, `--superclasses FILE` gives them (and replaces a set's own): a JSON object
+{"class name": "group"} or a text file of `class<TAB>group` lines, every class of the dataset
+(its folder name, e.g. an ImageNet wnid) with exactly one group.
 """
 import argparse
 import json
@@ -44,6 +56,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from inputs import images
 from plotting import plots
 from util import checkpoint, cli, evaluate, recipe
 
@@ -56,7 +69,8 @@ KELLY = ("F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 
          "F99379 604E97 F6A600 B3446C DCD300 882D17 8DB600 654522 E25822 2B3D26").split()
 HEADS = {"visual": "p_V", "nonvisual": "p_N", "integrated": "p_O"}
 PREDICTION = {"visual": "pred_v", "nonvisual": "pred_n", "integrated": "pred_o"}  # collect's keys
-SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v = LN(c_v), its class token"),
+SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head reads (LN(c_v), "
+                               "or LN(mean of the patch tokens) on an average-pooling backbone)"),
           "nonvisual": ("feat_n", "LLB's non-visual space: feat_n = LN(c_n), its class token")}
 
 
@@ -92,6 +106,27 @@ def superclass_similarity(sim: torch.Tensor, coarse_of_class: list) -> dict:
     def mean(mask):
         return sim[mask].double().mean().item() if mask.any() else None
     return {"within": mean(same & off), "across": mean(~same & off)}
+
+
+def pca_2d(centroids: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """The rows (K, D), each scaled to unit length (the cosine geometry of the heatmaps), centred
+    and projected on their first two principal axes: (K, 2) (NaN rows stay NaN, and are left
+    out of the fit) and the share of the variance of each axis. Signs: each axis points to the
+    row with the largest |coordinate| on it."""
+    unit = F.normalize(centroids.double(), dim=1)
+    present = ~unit.isnan().any(dim=1)
+    x = unit[present] - unit[present].mean(dim=0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    axes = vh[:2]  # (2, D); fewer than 2 rows give fewer axes: padded with zeros
+    axes = torch.cat([axes, axes.new_zeros(2 - len(axes), axes.shape[1])])
+    coords = x @ axes.T  # (n, 2)
+    flip = coords.gather(0, coords.abs().argmax(dim=0, keepdim=True)).sign()  # (1, 2)
+    coords = coords * torch.where(flip == 0, 1.0, flip)
+    variance = s.square()
+    share = (variance[:2] / variance.sum().clamp_min(1e-300)).tolist()
+    out = torch.full((len(unit), 2), float("nan"), dtype=torch.float64)
+    out[present] = coords
+    return out.float(), share + [0.0] * (2 - len(share))
 
 
 def object_usage(argmax_counts: torch.Tensor, mean_assign: torch.Tensor) -> dict:
@@ -135,7 +170,7 @@ def object_colours(counts: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one pass
 def collect(model, loader, device, autocast) -> dict:
-    """One pass of an LLB `model` (eval mode) over `loader`: per image the features c_v, c_n
+    """One pass of an LLB `model` (eval mode) over `loader`: per image the features
     (feat_v, feat_n: (n, D)), labels y and predicted classes pred_v, pred_n, pred_o (n,); per
     object its argmax count and summed assignment (O,); the first image of each of the first
     NUM_IMAGES classes met (images (m, 3, S, S), image_objects (m, N) patch argmaxes,
@@ -248,6 +283,43 @@ def centroid_picture(sim: torch.Tensor, *, space: str, info, checkpoint_path, or
     plots.save(image, run_dir / f"centroids_{space}.png")
 
 
+def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Path) -> dict:
+    """centroids_pca.png: the class centroids of both spaces (c_v's, c_n's) projected on their
+    own first two principal axes, one panel each, points coloured by superclass and named."""
+    present = [k for k in range(info.num_classes) if not centroids["visual"][k].isnan().any()]
+    groups = info.coarse_of_class or [0] * info.num_classes
+    names = info.coarse_names or ["all classes"]
+    sizes = torch.bincount(torch.tensor([groups[k] for k in present]), minlength=len(names))
+    palette = object_colours(sizes).tolist()  # the largest groups get the first Kelly colours
+    panels = []
+    shares = {}
+    for space, (feature, where) in SPACES.items():
+        points, share = pca_2d(centroids[space])
+        shares[space] = share
+        panels.append({"points": points[present], "title": f"{feature}: {where.split(':')[0]}",
+                       "x_title": f"PC1 ({100 * share[0]:.0f}% of variance)",
+                       "y_title": f"PC2 ({100 * share[1]:.0f}% of variance)"})
+    title = (f"Class centroids of {checkpoint_path} on the {info.name} validation split, in 2-D: "
+             f"the mean feature of each class (left: feat_v, the ViT's space; right: feat_n, "
+             f"LLB's non-visual space), scaled to unit length and projected on the first two "
+             f"principal axes of that space's centroids.")
+    notes = ("Each point is a class" + (f" ({len(present)} classes: too many to name)"
+                                        if len(present) > plots.MAX_POINT_LABELS else ", named")
+             + ("; colour: its superclass (legend)." if info.coarse_of_class else
+                "; one colour: no superclasses given (analyze.py --superclasses FILE)."))
+    if len(present) < info.num_classes:
+        missing = info.num_classes - len(present)
+        notes += f" Left out: {missing} class(es) without validation images."
+    items = [(palette[g], f"{name} ({int(sizes[g])})") for g, name in enumerate(names)
+             if sizes[g] > 0]
+    image, _ = plots.scatter_figure(panels, title=title,
+                                    labels=[info.class_names[k] for k in present],
+                                    colours=[palette[groups[k]] for k in present],
+                                    legend_items=items, notes=notes)
+    plots.save(image, run_dir / "centroids_pca.png")
+    return shares
+
+
 def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> dict:
     """The pictures, latent_objects.txt and analysis.json of `collect`'s output in `run_dir`,
     and a printed summary; returns what analysis.json holds."""
@@ -264,8 +336,10 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
     order = class_order(num_classes, info.coarse_of_class)
     mean_sim = {}
     superclass = {} if info.coarse_of_class else None
+    centroids = {}
     for space, (feature, _) in SPACES.items():
-        sim = cosine_matrix(class_centroids(c[feature], y, num_classes))
+        centroids[space] = class_centroids(c[feature], y, num_classes)
+        sim = cosine_matrix(centroids[space])
         off = ~torch.eye(num_classes, dtype=torch.bool) & ~sim.isnan()
         mean_sim[space] = sim[off].double().mean().item() if off.any() else None
         within_across = None
@@ -274,6 +348,8 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
             superclass[space] = within_across
         centroid_picture(sim, space=space, info=info, checkpoint_path=checkpoint_path, order=order,
                          superclass=within_across, run_dir=run_dir)
+    pca_share = centroid_pca_picture(centroids, info=info, checkpoint_path=checkpoint_path,
+                                     run_dir=run_dir)
 
     # agreement of the heads
     agree = agreement(c["pred_v"], c["pred_n"], y)
@@ -283,6 +359,7 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
     results = {"checkpoint": str(checkpoint_path), "dataset": info.name, "val_images": len(y),
                "object_usage": usage, "top1": top1, "agreement": agree,
                "mean_centroid_similarity": mean_sim, "superclass_similarity": superclass,
+               "pca_variance_share": pca_share,
                "heatmap_classes": [info.class_names[k] for k in order],
                "heatmap_superclasses": coarse_names}
     (run_dir / "analysis.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -319,6 +396,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--classes", help="default: the checkpoint's")
     add("--max-per-class", type=int, help="default: the checkpoint's")
     add("--image-size", type=int, help="default: the checkpoint's")
+    add("--eval-framing", choices=data.EVAL_FRAMINGS, help="the weights' own eval transform or "
+        "the authors' (Resize 256 bicubic -> CenterCrop 224); default: the checkpoint's")
+    add("--superclasses", metavar="FILE", help="a grouping of the classes: JSON {class: group} "
+        "or class<TAB>group lines (default: the dataset's own, CIFAR-100 and synthetic)")
     add("--batch-size", type=int, help="default: the checkpoint's")
     add("--workers", type=int, help="loader processes (default: 0 in memory, else <= 8)")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
@@ -346,6 +427,9 @@ def main(argv=None) -> dict:
     r = evaluate.checkpoint_recipe(ckpt, args.checkpoint, args)
     _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
                                                device=device, train=False)
+    if args.superclasses is not None:  # checked before the model runs
+        info.coarse_of_class, info.coarse_names = images.read_superclasses(args.superclasses,
+                                                                           info.class_names)
     if ckpt["vit_config"]["image_size"] != info.image_size:
         raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
                          f"px, but the options give {info.image_size} px: drop --image-size")

@@ -8,10 +8,12 @@ Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 supe
 json split); their files are read by inputs/images.py; `synthetic` is inputs/synthetic.py's.
 
 Augmentation (`augment`, default `default_augment`'s): `paper` is the authors' recipe for LLB
-on a pretrained backbone, Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) (CIFAR:
+on a pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for a 224 px crop, 384 for
+SWAG's 384, whatever the weights' own eval resize) -> CenterCrop -> RandAugment(3, 9) (CIFAR:
 crop + flip + RandAugment); `basic` is for a ViT from scratch (CIFAR: padded crop + flip; photo
 sets: random-resized crop + flip); `none` trains on the eval framing, Resize 256 (bicubic) ->
-CenterCrop 224, or with `eval_spec` the released weights' sizes, interpolation, mean and std.
+CenterCrop 224, or with `eval_spec` the released weights' sizes, interpolation, mean and std;
+`eval_framing="authors"` evaluates on Resize authors_resize(crop) bicubic -> CenterCrop instead.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
@@ -42,6 +44,12 @@ from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
 AUGMENTS = ("paper", "basic", "none")
+# Evaluation framing: "weights" (the weights' own eval transform, e.g. AugReg's Resize 248) or
+# "authors" (their dataset/__init__.py: Resize 256 bicubic -> CenterCrop 224; SWAG 384 -> 384)
+EVAL_FRAMINGS = ("weights", "authors")
+# The authors' resize before the center crop, per crop size (their dataset/__init__.py). Other
+# crop sizes keep the 256 / 224 ratio (our choice: the authors trained at 224 and 384 only).
+AUTHORS_RESIZE = {224: 256, 384: 384}
 DECODE_BUDGET_BYTES = 2 * 1024 ** 3  # decode a folder/imagenet split once if it fits, as uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,31 +84,48 @@ def _framing(spec: dict, interpolation: str) -> list:
             v2.CenterCrop(spec["crop_size"])]
 
 
+def authors_resize(crop_size: int) -> int:
+    """The side the authors resize to before their center crop of `crop_size` (AUTHORS_RESIZE)."""
+    return AUTHORS_RESIZE.get(crop_size, round(crop_size * 256 / 224))
+
+
+def authors_spec(spec: dict) -> dict:
+    """`spec` with the authors' eval framing: Resize authors_resize(crop) bicubic -> CenterCrop."""
+    return dict(spec, resize_size=authors_resize(spec["crop_size"]), interpolation="bicubic")
+
+
 def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None,
-                    augment: str) -> tuple[v2.Compose, v2.Compose, int]:
-    """(train transform, val transform, output size) for dataset `name` and `augment`."""
+                    augment: str, eval_framing: str = "weights"
+                    ) -> tuple[v2.Compose, v2.Compose, int]:
+    """(train transform, val transform, output size) for dataset `name` and `augment`;
+    eval_framing "authors" replaces the val framing of `eval_spec` by the authors' (authors_spec).
+    """
     randaugment = [v2.RandAugment(num_ops=3, magnitude=9)]
     if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
         mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
         framing = []
         size = 32
+        val_framing = []
         if eval_spec is not None:
             framing = _framing(eval_spec, eval_spec["interpolation"])
+            val_spec = authors_spec(eval_spec) if eval_framing == "authors" else eval_spec
+            val_framing = _framing(val_spec, val_spec["interpolation"])
             size = eval_spec["crop_size"]
             mean = eval_spec["mean"]
             std = eval_spec["std"]
         elif image_size is not None and image_size != 32:  # nearest keeps the synthetic cells crisp
             mode = INTERPOLATIONS["nearest" if name == "synthetic" else "bicubic"]
             framing = [v2.Resize(image_size, interpolation=mode)]
+            val_framing = framing
             size = image_size
         if name == "synthetic":  # already float tensors; never augmented (see SyntheticObjects)
-            transform = v2.Compose(framing + [v2.Normalize(mean, std)])
-            return transform, transform, size
+            normalize = [v2.Normalize(mean, std)]
+            return (v2.Compose(framing + normalize), v2.Compose(val_framing + normalize), size)
         # basic: a random 32 px crop of the image zero-padded to 40 px, and a flip
         crop_flip = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
         augment_steps = {"paper": crop_flip + randaugment, "basic": crop_flip, "none": []}
         train_steps = augment_steps[augment] + framing
-        val_steps = framing
+        val_steps = val_framing
     else:  # photo sets: 224 px by default
         side = image_size if image_size is not None else 224
         spec = eval_spec
@@ -110,15 +135,18 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
         size = spec["crop_size"]
         mean = spec["mean"]
         std = spec["std"]
-        val_steps = _framing(spec, spec["interpolation"])
+        val_spec = authors_spec(spec) if eval_framing == "authors" else spec
+        val_steps = _framing(val_spec, val_spec["interpolation"])
         if augment == "paper":
-            # Note: the authors resize bilinearly for training and bicubically for evaluation
-            # (the eval side follows the weights' own transform when there is one).
-            train_steps = _framing(spec, "bilinear") + randaugment
+            # The authors' training framing, whatever the weights' eval resize (AugReg's 248):
+            # Resize 256 bilinear -> CenterCrop 224 (SWAG 384 -> 384), then RandAugment(3, 9).
+            # Note: bilinear here, bicubic for evaluation, as the authors (the eval side follows
+            # the weights' own transform unless eval_framing is "authors").
+            train_steps = _framing(authors_spec(spec), "bilinear") + randaugment
         elif augment == "basic":
             train_steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
-        else:
-            train_steps = val_steps
+        else:  # none: the weights' own eval framing, whatever eval_framing is
+            train_steps = _framing(spec, spec["interpolation"])
     # PIL image (or a decoded uint8 tensor, passed through) -> plain float tensor, normalized
     tensor = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
@@ -195,9 +223,12 @@ def build_places365(root: str, *, train_tf: Callable, val_tf: Callable,
 
 # --------------------------------------------------------------------------------- entry points
 def _check_options(name: str, root: str | None, *, image_size: int | None,
-                   eval_spec: dict | None, classes, max_per_class, augment: str | None) -> None:
+                   eval_spec: dict | None, classes, max_per_class, augment: str | None,
+                   eval_framing: str = "weights") -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if eval_framing not in EVAL_FRAMINGS:
+        raise ValueError(f"unknown eval_framing {eval_framing!r}; choose one of {EVAL_FRAMINGS}")
     if root is None and name != "synthetic":
         raise ValueError(f"{name} needs root, the directory that holds (or will hold) its "
                          "files (--data-dir in train.py)")
@@ -252,20 +283,21 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
                    eval_spec: dict | None = None, augment: str | None = None,
                    classes: int | str | None = None, max_per_class: int | None = None,
                    download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
-                   weights_name: str | None = None,
+                   weights_name: str | None = None, eval_framing: str = "weights",
                    decode_budget_bytes: int = DECODE_BUDGET_BYTES
                    ) -> tuple[Dataset, Dataset, DataInfo]:
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
     `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
     None means `default_augment`'s. `decode_budget_bytes=0` streams every set.
+    `eval_framing` (EVAL_FRAMINGS): the val split's framing, the weights' own or the authors'.
     """
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
-                   max_per_class=max_per_class, augment=augment)
+                   max_per_class=max_per_class, augment=augment, eval_framing=eval_framing)
     if augment is None:
         augment = default_augment(name, pretrained=eval_spec is not None)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
-                                             augment=augment)
+                                             augment=augment, eval_framing=eval_framing)
     coarse_of_class = None
     coarse_names = None
     if name == "synthetic":  # classes are exactly balanced: M per class = 10 M images

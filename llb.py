@@ -13,13 +13,19 @@ Kang, Bae, Kim, ICLR 2024. A (frozen) ViT gives V_l = [v_l^0 .. v_l^N], the outp
 
     training loss                    L = CE(p_N, y) + lambda L_div     (only the branch learns)
 
+Whose formula: the four steps, A, N_emb, L_div = -H(p~) and the integration are the poster's.
+The temperature `/ tau` of step 1 (tau = 0.1) and the loss's form L = CE + lambda L_div
+(lambda = 0.5) are the authors' code's (their model and train script), not the poster's text.
+
 Symbol map (code name -> paper symbol):
     layer -> l;  num_objects -> O;  tau -> tau;  alpha -> alpha;  diversity_weight -> lambda
     extractor + to_objects -> the "MLP" of step 1 (one transformer block, then Linear D -> O)
     assign -> A = [p^1 .. p^N], (B, N, O);  object_embed -> N_emb, (O, D), "E" in comments below
     object_tokens -> N_0, (B, N, D);  class_token -> c_n;  blocks -> g;  head -> MLP_N
     logits_v / logits_n -> the logits of p_V / p_N;  probs -> p_O
-    feat_v -> LN(c_v), the backbone's normed class token;  feat_n -> LN(c_n) after g
+    feat_v -> what the visual head reads: LN(c_v), the backbone's normed class token, or on an
+              average-pooling backbone (MAE) LN(mean of its N patch tokens), not a class token
+    feat_n -> LN(c_n) after g, the branch's class token, on every backbone (MAE included)
 Shapes: B batch, N patch tokens (+1 class token), D width, O latent objects, K classes.
 """
 import contextlib
@@ -39,7 +45,10 @@ class LLBConfig:
     `layer` depends on the backbone: None means L - 1; `for_backbone(depth)` resolves and checks it.
     """
 
-    layer: int | None = None  # l: the branch reads z_l, output of block l (1-based); None: L - 1
+    # l: the branch reads z_l, output of block l (1-based); None: L - 1. The paper gives l = 11
+    # for ViT-B (12 blocks) only. Note: L - 1 on other depths (23 on ViT-L/MAE-L) is our choice,
+    # not published; the authors' code defaults to 11 on every size.
+    layer: int | None = None
     num_objects: int = 2048  # O: number of latent objects (rows of E = N_emb)
     depth: int = 6  # LLB layers, the extractor block included (authors' code): g has depth - 1
     tau: float = 0.1  # softmax temperature of the assignment p^i
@@ -76,7 +85,7 @@ class LLBConfig:
 
     def for_backbone(self, depth: int) -> "LLBConfig":
         """A copy with `layer` resolved for a backbone of `depth` blocks and checked against it."""
-        # the paper: block 11 of ViT-B's 12
+        # the paper: block 11 of ViT-B's 12; L - 1 on other depths is our choice (see `layer`)
         layer = max(depth - 1, 1) if self.layer is None else self.layer
         if layer > depth:
             raise ValueError(f"LLB layer must be an int in 1..{depth} (the backbone block whose "
@@ -91,7 +100,8 @@ class LLBOutput:
     probs: torch.Tensor  # (B, K) p_O, probabilities (for eval/argmax), fp32
     assign: torch.Tensor  # (B, N, O) A, rows p^i sum to 1, fp32
     object_tokens: torch.Tensor  # (B, N, D) N_0
-    feat_v: torch.Tensor  # (B, D) backbone.norm(z_L[:, 0]), fed to the visual head
+    feat_v: torch.Tensor  # (B, D) backbone.features(z_L) fed to the visual head: LN(c_v), or
+    #                       LN(mean of the N patch tokens) on an average-pooling backbone
     feat_n: torch.Tensor  # (B, D) norm(c_n) after g, fed to the new head
 
 
@@ -154,7 +164,9 @@ class LLB(nn.Module):
     def reset_parameters(self):
         """Init the branch only (the backbone is left as given)."""
         for m in (self.extractor, self.to_objects, self.blocks, self.head):
-            # Note: the head too, not zero as vit.py's (a zero head stalls the rest at step 1)
+            # Note: the head too, not zero as vit.py's (a zero head stalls the rest at step 1).
+            # One init on every backbone: the authors' SWAG branch (their torchvision-based model)
+            # starts from a zero head and Xavier-uniform MLPs instead; not copied (a departure).
             _init_linear(m)
         if self.object_embed is not None:
             nn.init.xavier_normal_(self.object_embed)  # as the authors' code
@@ -220,10 +232,10 @@ class LLB(nn.Module):
             s = s + self.pos_embed  # ablation "w/ Pos."; without it g is permutation-equivariant
         for block in self.blocks:
             s = block(s)  # (B, 1 + N, D)
-        if self.backbone.config.pool == "avg":
-            # Note: on an average-pooling backbone (MAE), the branch pools the same way, as the
-            # authors' MAE variant does: LN of the mean of the N object tokens, c_n not read.
-            return self.norm(s[:, 1:].mean(dim=1))  # (B, D)
+        # LLB step 3: feat_n = LN(c_n), token 0 after g, on every backbone. On an average-pooling
+        # backbone (MAE) too: only the visual head pools there. The authors' MAE model is built
+        # with global_pool=True and its branch tests global_pool == 'avg', which a bool never
+        # equals, so it reads token 0 after its LayerNorm as here (checked with equal weights).
         return self.norm(s[:, 0])  # (B, D)
 
     def integrate(self, logits_v: torch.Tensor, logits_n: torch.Tensor) -> torch.Tensor:

@@ -571,9 +571,10 @@ def test_bf16_autocast_forward_and_loss_are_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.trainable_parameters())
 
 
-def test_on_an_average_pooling_backbone_the_branch_pools_the_same_way():
-    """MAE-style backbone (pool="avg"): p_V is the backbone's own prediction, and LN is taken of
-    the mean of the branch's N object tokens, not of c_n."""
+def test_on_an_average_pooling_backbone_the_branch_reads_its_class_token():
+    """MAE-style backbone (pool="avg"): p_V is the backbone's own (pooled) prediction, while the
+    branch reads LN(c_n), token 0 after g, as the authors' MAE model does (their global_pool=True
+    never equals 'avg'), not the mean of its object tokens."""
     torch.manual_seed(0)
     bb = vit.ViT(image_size=16, patch_size=4, width=D, depth=3, heads=2, mlp_dim=64,
                  num_classes=K, pool="avg")
@@ -586,5 +587,11 @@ def test_on_an_average_pooling_backbone_the_branch_pools_the_same_way():
     s = torch.cat([model.class_token.expand(len(x), -1, -1), out.object_tokens], dim=1)
     for block in model.blocks:
         s = block(s)
-    expected = F.layer_norm(s[:, 1:].mean(dim=1), (D,), model.norm.weight, model.norm.bias, 1e-6)
+    expected = F.layer_norm(s[:, 0], (D,), model.norm.weight, model.norm.bias, 1e-6)
     assert torch.allclose(out.feat_n, expected, atol=1e-6)
+    assert torch.allclose(out.logits_n, expected @ model.head.weight.T + model.head.bias,
+                          atol=1e-5)
+    # the visual side pools: LN(mean of the backbone's N patch tokens), its own head on it
+    _, zs = bb(x, return_blocks=True)
+    pooled = F.layer_norm(zs[-1][:, 1:].mean(dim=1), (D,), bb.norm.weight, bb.norm.bias, 1e-6)
+    assert torch.allclose(out.feat_v, pooled, atol=1e-6)

@@ -3,7 +3,7 @@
     python train.py                                   # CPU demo: synthetic set, ViT then LLB
     python train.py --dataset cifar100 --data-dir data --download
     python train.py --method llb --dataset imagenet --data-dir /data/imagenet \\
-        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 8 --batch-size 64
+        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 4   # the authors' 4 x 128
     torchrun --nnodes 2 --nproc-per-node 8 train.py --method llb ...   # multi-node: same flags
     python train.py --eval-only runs/x/last.pt        # on the data the checkpoint was trained on
 
@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
     g("--augment", choices=data.AUGMENTS, help="training augmentation (default: "
       "data.default_augment: none on synthetic, paper on released weights, else basic)")
+    g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
+      f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
+      f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
     g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
@@ -74,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
     g("--dropout", type=float, help=f"ViT dropout (default {recipe.default_of('dropout')})")
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
-    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
+    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1: the "
+      "paper's 11 on ViT-B; on other depths our choice, unpublished)")
     g("--num-objects", type=int, help=f"O latent objects (default "
       f"{recipe.llb_default('num_objects')}; {recipe.DEMO['num_objects']} on synthetic)")
     g("--llb-depth", type=int, help=f"LLB layers, extractor included "

@@ -307,3 +307,77 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
              "tiles": [moved(b) for b in tile_boxes], "captions": [moved(b) for b in caption_boxes],
              "legend": moved((0, grid.height + GAP, grid.width, body.height - 2 * MARGIN))}
     return image, boxes
+
+
+# ----------------------------------------------------------------------------- scatter
+SCATTER_PX = 360  # a scatter panel's plot area, square
+POINT_RADIUS = 4
+MAX_POINT_LABELS = 40  # more points: unlabelled (the colours and the legend still say the group)
+
+
+def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: list,
+                  x_title: str, y_title: str) -> tuple[Image.Image, tuple]:
+    """(n, 2) points on round-ticked axes with grid lines, each a disc in colours[i] (rgb) and,
+    for n <= MAX_POINT_LABELS, named labels[i] beside it. Returns the panel and its plot box."""
+    xs = nice_ticks(float(points[:, 0].min()), float(points[:, 0].max()))
+    ys = nice_ticks(float(points[:, 1].min()), float(points[:, 1].max()))
+    tick_w = max(text_width(tick_text(v, ys), SMALL_SIZE) for v in ys)
+    left = line_height(LABEL_SIZE) + GAP + tick_w + GAP  # y title (turned), tick values
+    top = line_height(LABEL_SIZE) + GAP  # the panel's title
+    label_room = 120 if len(points) <= MAX_POINT_LABELS else GAP  # names right of the points
+    width = left + SCATTER_PX + label_room
+    height = top + SCATTER_PX + GAP + 2 * line_height(SMALL_SIZE) + GAP
+    panel = Image.new("RGB", (width, height), PAPER)
+    draw = ImageDraw.Draw(panel)
+    say(draw, (left, 0), fit(title, width - left, LABEL_SIZE), size=LABEL_SIZE)
+
+    def px(x, y):
+        u = (x - xs[0]) / (xs[-1] - xs[0])
+        v = (y - ys[0]) / (ys[-1] - ys[0])
+        return left + u * SCATTER_PX, top + (1 - v) * SCATTER_PX
+
+    for v in xs:  # grid lines and tick values
+        x, _ = px(v, ys[0])
+        draw.line((x, top, x, top + SCATTER_PX), fill=GRID)
+        say(draw, (x, top + SCATTER_PX + GAP), tick_text(v, xs), anchor="ma")
+    for v in ys:
+        _, y = px(xs[0], v)
+        draw.line((left, y, left + SCATTER_PX, y), fill=GRID)
+        say(draw, (left - GAP, y), tick_text(v, ys), anchor="rm")
+    draw.rectangle((left, top, left + SCATTER_PX, top + SCATTER_PX), outline=TEXT)
+    say(draw, (left + SCATTER_PX / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    turned = Image.new("RGB", (SCATTER_PX, line_height(LABEL_SIZE)), PAPER)
+    say(ImageDraw.Draw(turned), (SCATTER_PX / 2, 0), fit(y_title, SCATTER_PX, LABEL_SIZE),
+        size=LABEL_SIZE, anchor="ma")
+    panel.paste(turned.rotate(90, expand=True), (0, top))
+    for (x, y), rgb, name in zip(points.tolist(), colours, labels):  # discs, then their names
+        cx, cy = px(x, y)
+        r = POINT_RADIUS
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(rgb), outline=TEXT)
+        if len(points) <= MAX_POINT_LABELS:
+            say(draw, (cx + r + 2, cy), fit(name, label_room - r, SMALL_SIZE), anchor="lm")
+    return panel, (left, top, left + SCATTER_PX, top + SCATTER_PX)
+
+
+def scatter_figure(panels: list, *, title: str, labels: list, colours: list,
+                   legend_items: list, notes: str = "") -> tuple[Image.Image, dict]:
+    """Scatter panels side by side (each a dict of scatter_panel's keywords but labels and
+    colours, shared by all), a legend of (rgb, text) under them, a title and notes.
+    Boxes: plots (a list, one per panel), legend, title."""
+    drawn = [scatter_panel(p["points"], title=p["title"], labels=labels, colours=colours,
+                           x_title=p["x_title"], y_title=p["y_title"]) for p in panels]
+    row = Image.new("RGB", (sum(d[0].width for d in drawn) + 2 * GAP * (len(drawn) - 1),
+                            max(d[0].height for d in drawn)), PAPER)
+    x = 0
+    plot_boxes = []
+    for panel, (x0, y0, x1, y1) in drawn:
+        row.paste(panel, (x, 0))
+        plot_boxes.append((x + x0, y0, x + x1, y1))
+        x += panel.width + 2 * GAP
+    body = stack([row, legend(list(legend_items), row.width, size=SMALL_SIZE)], gap=GAP)
+    image, y_body = titled(body, title, notes)
+    dx, dy = 2 * MARGIN, y_body + MARGIN  # body's own margin inside the figure's
+    boxes = {"title": (MARGIN, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
+             "plots": [(a + dx, b + dy, c + dx, d + dy) for a, b, c, d in plot_boxes],
+             "legend": (dx, dy + row.height + GAP, dx + row.width, y_body + body.height - MARGIN)}
+    return image, boxes

@@ -13,6 +13,7 @@ from torchvision.io import decode_png, read_file
 import analyze
 import data
 import train
+from inputs import images
 from plotting import plots
 
 O = 16  # latent objects of the tiny run
@@ -191,3 +192,75 @@ def test_write_report_on_constructed_collect_output(tmp_path, capsys):
     assert "  1. class 0 (cat)" in legend and "  2. class 1 (dog)" in legend
     assert "within / across superclasses 0.800 / 0.000" in capsys.readouterr().out
     assert png(tmp_path / "latent_objects.png").shape[0] == 3
+
+
+def test_analyze_superclasses_file_on_any_dataset(run_dir, tmp_path):
+    """--superclasses FILE groups the classes of any set (here the synthetic one, regrouped by
+    class id parity): the heatmaps' order, the within/across numbers and the PCA picture."""
+    names = data.build_datasets("synthetic", max_per_class=1)[2].class_names
+    grouping = tmp_path / "groups.tsv"
+    grouping.write_text("# class<TAB>group\n" + "".join(
+        f"{n}\t{'even' if k % 2 == 0 else 'odd'}\n" for k, n in enumerate(names)))
+    results = analyze.main([str(run_dir / "last.pt"), "--device", "cpu", "--batch-size", "256",
+                            "--superclasses", str(grouping)])
+    assert results["heatmap_superclasses"] == ["even"] * 5 + ["odd"] * 5
+    assert results["heatmap_classes"] == names[0::2] + names[1::2]
+    for space in ("visual", "nonvisual"):
+        assert all(-1 <= v <= 1 for v in results["superclass_similarity"][space].values())
+        assert 0 < sum(results["pca_variance_share"][space]) <= 1 + 1e-9
+    assert png(run_dir / "centroids_pca.png").shape[0] == 3
+
+
+def test_read_superclasses_json_text_and_errors(tmp_path):
+    classes = ["n01", "n02", "n03"]
+    as_json = tmp_path / "g.json"
+    as_json.write_text(json.dumps({"n03": "fish", "n01": "cat family", "n02": "cat family"}))
+    assert images.read_superclasses(as_json, classes) == ([0, 0, 1], ["cat family", "fish"])
+    as_text = tmp_path / "g.txt"
+    as_text.write_text("# comment\nn01\tfish\n\nn02\tbird\nn03\tfish\n")
+    assert images.read_superclasses(as_text, classes) == ([0, 1, 0], ["fish", "bird"])
+    with pytest.raises(FileNotFoundError, match=r"superclasses file .*nope\.json does not exist; "
+                                                r"expected a JSON object .*--superclasses"):
+        images.read_superclasses(tmp_path / "nope.json", classes)
+    as_text.write_text("n01\tfish\nn02\tbird\nn09\tfish\nn03\tfish\n")
+    with pytest.raises(ValueError, match=r"names 1 class\(es\) this dataset does not have: "
+                                         r"\['n09'\]; its 3 classes are named like"):
+        images.read_superclasses(as_text, classes)
+    as_json.write_text(json.dumps({"n01": "fish"}))
+    with pytest.raises(ValueError, match=r"gives no group to 2 of the dataset's 3 classes: "
+                                         r"\['n02', 'n03'\]; every class needs one"):
+        images.read_superclasses(as_json, classes)
+    as_text.write_text("n01 fish\n")
+    with pytest.raises(ValueError, match=r"line 1: 'n01 fish' is not class<TAB>group"):
+        images.read_superclasses(as_text, classes)
+
+
+def test_pca_2d_recovers_a_planar_layout():
+    # 4 unit centroids in the plane of e_0, e_1 (a square on the circle) plus a class without
+    # images: the 2-D picture keeps their distances and explains all the variance
+    angles = torch.tensor([0.0, 0.5, 1.0, 1.5]) * math.pi
+    centroids = torch.zeros(5, 6)
+    centroids[:4, 0], centroids[:4, 1] = 3 * angles.cos(), 3 * angles.sin()  # scale: no effect
+    centroids[4] = float("nan")
+    points, share = analyze.pca_2d(centroids)
+    assert points[4].isnan().all() and sum(share) == pytest.approx(1)
+    unit = torch.nn.functional.normalize(centroids[:4], dim=1)
+    assert torch.allclose(torch.cdist(points[:4], points[:4]), torch.cdist(unit, unit), atol=1e-5)
+
+
+def test_centroid_pca_picture_colours_points_by_superclass(tmp_path):
+    info = data.DataInfo(name="toy", num_classes=4, image_size=8,
+                         class_names=["cat", "dog", "carp", "eel"], augment="none",
+                         coarse_of_class=[0, 0, 1, 1], coarse_names=["mammals", "fish"])
+    centroids = {s: torch.randn(4, 8, generator=torch.Generator().manual_seed(i))
+                 for i, s in enumerate(("visual", "nonvisual"))}
+    shares = analyze.centroid_pca_picture(centroids, info=info, checkpoint_path="run/last.pt",
+                                          run_dir=tmp_path)
+    assert set(shares) == {"visual", "nonvisual"} and all(0 < sum(v) <= 1 + 1e-9
+                                                          for v in shares.values())
+    image = png(tmp_path / "centroids_pca.png")
+    palette = analyze.object_colours(torch.tensor([2, 2]))
+    for rgb in palette:  # two discs per panel and a legend swatch, per superclass
+        hits = (image == rgb[:, None, None]).all(0)
+        assert int(hits.sum()) >= 4 * 30 + 50
+    assert dark(image[:, :40]) > 100  # the title

@@ -8,6 +8,7 @@ import numpy as np  # only to write 16-bit and float images with exact pixel val
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import functional as TF  # noqa: N812
 
 import benchmark_data
 import data
@@ -151,6 +152,51 @@ def test_folder_sizes_labels_and_paper_transforms(folder_root):
     assert default.image_size == 224 and default_val[0][0].shape == (3, 224, 224)
 
 
+AUGREG = {"resize_size": 248, "crop_size": 224, "interpolation": "bicubic",  # timm, crop_pct 0.9
+          "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def _framed(path, resize, interpolation, crop=224):
+    """Resize (shorter side) -> CenterCrop -> normalized with AugReg's 0.5, in plain calls."""
+    mode = TF.InterpolationMode(interpolation)
+    framed = TF.center_crop(TF.resize(images.load_rgb(path), resize, interpolation=mode), crop)
+    return (TF.pil_to_tensor(framed).float() / 255 - 0.5) / 0.5
+
+
+def test_paper_augmentation_trains_on_the_authors_256_framing_whatever_the_weights(tmp_path):
+    """The authors train on Resize 256 bilinear -> CenterCrop 224 -> RandAugment(3, 9) (their
+    dataset/__init__.py), also on AugReg weights whose eval resize is 248; SWAG: 384 -> 384."""
+    root = _textured_folder(tmp_path / "f", sizes=((300, 260),), per_class=1)
+    train, val, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG, augment="paper",
+                                        decode_budget_bytes=0)
+    resize, crop, randaugment = train.transform.transforms[:3]
+    assert (resize.size, resize.interpolation.value, crop.size) == ([256], "bilinear", (224, 224))
+    assert (randaugment.num_ops, randaugment.magnitude) == (3, 9)
+    # the framing before RandAugment is the authors' 256 one, pixel for pixel
+    framing = train.transform.transforms[:2] + train.transform.transforms[3:]
+    x = torch.nn.Sequential(*framing)(images.load_rgb(train.samples[0][0]))
+    assert torch.allclose(x, _framed(train.samples[0][0], 256, "bilinear"), atol=1e-6)
+    # evaluation keeps the weights' own framing (AugReg: 248 bicubic) by default
+    assert val.transform.transforms[0].size == [248]
+    swag = dict(AUGREG, resize_size=384, crop_size=384)
+    train, _, _ = data.build_datasets("folder", str(root), eval_spec=swag, augment="paper",
+                                      decode_budget_bytes=0)
+    assert [tuple(t.size) for t in train.transform.transforms[:2]] == [(384,), (384, 384)]
+
+
+def test_eval_framing_authors_is_resize_256_bicubic_center_crop_224(tmp_path):
+    root = _textured_folder(tmp_path / "f", sizes=((300, 260),), per_class=1)
+    _, own, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG, decode_budget_bytes=0)
+    _, theirs, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG,
+                                       eval_framing="authors", decode_budget_bytes=0)
+    path = theirs.samples[0][0]
+    assert torch.allclose(theirs[0][0], _framed(path, 256, "bicubic"), atol=1e-6)
+    assert torch.allclose(own[0][0], _framed(path, 248, "bicubic"), atol=1e-6)
+    assert not torch.allclose(own[0][0], theirs[0][0], atol=1e-2)  # a different framing
+    with pytest.raises(ValueError, match=r"unknown eval_framing 'theirs'.*'weights', 'authors'"):
+        data.build_datasets("folder", str(root), eval_spec=AUGREG, eval_framing="theirs")
+
+
 def test_basic_and_none_augmentation_of_photo_sets(tmp_path):
     root = _textured_folder(tmp_path / "f")
     train, val, info = data.build_datasets("folder", str(root), image_size=32)
@@ -173,7 +219,8 @@ def test_eval_spec_sets_the_val_transform_exactly(folder_root):
     assert crop.size == (36, 36)
     assert normalize.mean == list(SPEC["mean"]) and normalize.std == list(SPEC["std"])
     assert info.image_size == 36 and train[0][0].shape == val[0][0].shape == (3, 36, 36)
-    assert train.transform.transforms[0].size == [40]  # the weights' sizes, bilinear for training
+    # training: the authors' framing, Resize round(36 * 256 / 224) = 41, not the weights' 40
+    assert train.transform.transforms[0].size == [41]
 
 
 def test_class_subsets_and_max_per_class(folder_root, tmp_path):

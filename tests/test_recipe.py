@@ -5,14 +5,16 @@ import json
 import math
 import os
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
+from PIL import Image
 
 import benchmark
 import data
 import train
-from util import recipe
+from util import evaluate, recipe
 
 REPO = os.path.dirname(os.path.abspath(train.__file__))
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
@@ -170,3 +172,40 @@ def test_train_help_is_training_only(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--help"])
     assert "--compile" in capsys.readouterr().out
+
+
+def test_eval_framing_is_an_option_saved_in_the_recipe_and_taken_by_eval_only(tmp_path):
+    """--eval-framing authors: the authors' Resize 256 bicubic -> CenterCrop 224 on AugReg weights
+    (whose own is 248), in the Recipe (a checkpoint remembers it), and for --eval-only."""
+    root = tmp_path / "f"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (300, 260), (40 * i, 90, 200)).save(root / split / c / f"{i}.png")
+    common = ["--dataset", "folder", "--data-dir", str(root), "--method", "vit", "--pretrained",
+              "timm:vit_base_patch16_224.augreg_in21k_ft_in1k", "--weights-file", "w.bin",
+              "--batch-size", "2"]
+    (own, _), = recipe.plan(train.parse_args(common))
+    (r, _), = recipe.plan(train.parse_args(common + ["--eval-framing", "authors"]))
+    assert (own.eval_framing, r.eval_framing, r.augment) == ("weights", "authors", "paper")
+    for rec, val_resize in ((own, [248]), (r, [256])):
+        train_loader, val_loader, _ = recipe.build_loaders(rec, rank=0, world=1, workers=0,
+                                                           device=torch.device("cpu"))
+        resize = val_loader.dataset.transform.transforms[0]
+        assert (resize.size, resize.interpolation.value) == (val_resize, "bicubic")
+        assert train_loader.dataset.transform.transforms[0].size == [256]  # the authors' train
+    # the checkpoint's recipe carries it to --eval-only, which may change it
+    ckpt = {"kind": "vit", "recipe": asdict(r)}
+    args = train.parse_args(["--eval-only", "x.pt"])
+    assert evaluate.checkpoint_recipe(ckpt, "x.pt", args).eval_framing == "authors"
+    args = train.parse_args(["--eval-only", "x.pt", "--eval-framing", "weights"])
+    assert evaluate.checkpoint_recipe(ckpt, "x.pt", args).eval_framing == "weights"
+    older = {"kind": "vit", "recipe": {k: v for k, v in asdict(r).items() if k != "eval_framing"}}
+    assert evaluate.checkpoint_recipe(older, "x.pt", train.parse_args(
+        ["--eval-only", "x.pt"])).eval_framing == "weights"
+    # --resume: a checkpoint older than the option resumes with the default, not another one
+    recipe.check_resume(own, older["recipe"], "last.pt")
+    with pytest.raises(ValueError, match=r"eval_framing: checkpoint 'weights', this command "
+                                         r"'authors'"):
+        recipe.check_resume(r, older["recipe"], "last.pt")

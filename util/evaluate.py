@@ -16,7 +16,8 @@ from util.checkpoint import load_checkpoint, model_from_checkpoint
 from util.distributed import is_master
 
 # What an evaluation may take from the command line instead of the checkpoint's recipe
-DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size")
+DATA_OPTIONS = ("dataset", "data_dir", "classes", "max_per_class", "image_size",
+                "eval_framing")
 EVAL_OPTIONS = DATA_OPTIONS + ("batch_size", "amp")
 PREDICTIONS = {"visual": "p_V (ViT head)", "nonvisual": "p_N (LLB head)",
                "integrated": "p_O (integrated)"}
@@ -117,5 +118,6 @@ def evaluate_checkpoint(args, device) -> dict:
                        recipe.autocast(r.amp, device, enabled=r.eval_amp), real=real)
     if is_master():
         print_table(results, f"{args.eval_only} on {info.name} validation "
-                             f"({len(val_loader.dataset)} images)")
+                             f"({len(val_loader.dataset)} images, eval framing "
+                             f"{r.eval_framing})")
     return results

@@ -7,11 +7,12 @@ settings from it alone, so a run can be reproduced from its checkpoint.
 
 Precedence, field by field: the command line > the checkpoint resumed (or evaluated) >
 the dataset's demo defaults (synthetic) > the stage's defaults (STAGE_DEFAULTS) > the field's
-default in `Recipe`. Also here: what the recipe describes, the optimizer (`build_optimizer`),
-the learning-rate schedule (`lr_at`) and the autocast context (`autocast`).
+default in `Recipe`. Also here: every stage's plan (`plan`), the runtime defaults (device,
+amp, out-dir), the loaders a recipe describes and its autocast context. The optimizer and the
+learning-rate schedule sit beside the loop, in train.py.
 """
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -70,6 +71,9 @@ class Recipe:
     max_per_class: int | None = None  # subset: at most M images per class
     image_size: int = 32  # H = W of the model's input
     augment: str = "none"  # training augmentation: paper, basic or none (see data.py)
+    # evaluation framing (data.EVAL_FRAMINGS): "weights", the released weights' own eval transform
+    # (AugReg: Resize 248); "authors", Resize 256 bicubic -> CenterCrop 224 (SWAG 384 -> 384)
+    eval_framing: str = "weights"
     # model
     model: str | None = None  # ViT preset of a ViT from scratch (None: from weights/checkpoint)
     patch_size: int | None = None  # P of a ViT from scratch
@@ -150,8 +154,8 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         return fallback
 
     values = {name: pick(name, default_of(name)) for name in (
-        "dataset", "data_dir", "classes", "max_per_class", "pretrained", "weights_file",
-        "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
+        "dataset", "data_dir", "classes", "max_per_class", "eval_framing", "pretrained",
+        "weights_file", "dropout", "batch_size", "world_size", "label_smoothing", "amp", "seed")}
     dataset = values["dataset"]
     demo = dataset == "synthetic"
     pretrained = values["pretrained"]
@@ -295,6 +299,8 @@ def resolve_runtime(args) -> None:
 def check_resume(recipe: Recipe, saved: dict, path) -> None:
     """--resume into a different recipe fails, naming each option that differs."""
     mine = asdict(recipe)
+    # a field newer than the checkpoint (e.g. eval_framing) counts as its default there
+    saved = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING} | saved
     differ = [f"{k}: checkpoint {saved.get(k)!r}, this command {mine[k]!r}" for k in mine
               if k not in SAFE_TO_CHANGE and saved.get(k) != mine[k]]
     if differ:
@@ -350,7 +356,7 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
         augment=r.augment, classes=r.classes,
         max_per_class=r.max_per_class, download=download and rank == 0, seed=r.seed,
-        expected_num_classes=expected, weights_name=r.pretrained)
+        expected_num_classes=expected, weights_name=r.pretrained, eval_framing=r.eval_framing)
     if download and rank == 0:
         distributed.barrier()
     loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
