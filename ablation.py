@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
 
     rows = [summarize(name, "trained", paper, [run_of(s, name) for s in seeds])
             for name, _, paper in ROWS]
-    rows += [summarize(name, f"the full runs' {key[5:]}", paper,
+    symbol = {"top1_nonvisual": "p_N", "top1_visual": "p_V"}
+    rows += [summarize(name, f"the full runs' {symbol[key]}", paper,
                        [run_of(s, ROWS[0][0], key) for s in seeds])
              for name, key, paper in DERIVED]
     if SAME_EPOCHS in trained[0]:

@@ -71,7 +71,7 @@ def test_eval_only_uses_the_checkpoints_data_options(tmp_path, capsys):
     again = train.main(["--eval-only", str(out / "last.pt"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert "data options from" in printed and "max_per_class=7" in printed
-    assert "(70 images)" in printed  # 7 per class, not the whole synthetic validation set
+    assert "(70 images, eval framing weights)" in printed  # 7 per class, not all; the framing
     assert again["top1_visual"] == pytest.approx(trained["top1_visual"])
     # a batch larger than the training split is fine: evaluation builds no training loader
     bigger = train.main(["--eval-only", str(out / "last.pt"), "--device", "cpu",
