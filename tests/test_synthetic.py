@@ -3,8 +3,8 @@ on, checked on the generator alone (no training; docs/demo_seeds.md has the meas
 """
 import torch
 
-import synthetic
-from synthetic import RANKING, SYNTHETIC_CLASSES, SyntheticObjects
+from inputs import synthetic
+from inputs.synthetic import RANKING, SYNTHETIC_CLASSES, SyntheticObjects
 
 RANK_OF = torch.empty(len(RANKING), dtype=torch.long)
 RANK_OF[torch.tensor(RANKING)] = torch.arange(len(RANKING))
