@@ -78,6 +78,10 @@ def setup(device_type: str) -> tuple[int, int, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seconds = float(os.environ.get(INIT_TIMEOUT, "300"))
+    if rank == 0 and SPAWNED not in os.environ:  # torchrun or variables set by hand
+        print(f"joining a process group of {world} at {os.environ['MASTER_ADDR']}:"
+              f"{os.environ['MASTER_PORT']} (waiting up to {seconds:g} s for the others)",
+              file=sys.stderr)
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=seconds))

@@ -311,6 +311,7 @@ def default_amp(device: str) -> str:
 def resolve_runtime(args) -> None:
     """Fill train.py's runtime options left unset (after check_options): device, amp, the
     number of processes (torchrun's WORLD_SIZE, else --gpus) and the out-dir."""
+    args.filled = [name for name in ("device", "amp") if getattr(args, name) is None]
     if args.device is None:
         args.device = default_device()
     if args.amp is None:

@@ -140,6 +140,7 @@ class RunDir:
         self.created = []  # folders this run created (removed again if left empty)
         self.before = set()  # run files that were there before (never removed on failure)
         self.pending = []  # --overwrite: the old run's files, removed by started()
+        self.owned = False  # the lock is ours (or our parent's): we may clean up
 
     def __enter__(self) -> "RunDir":
         problem = None
@@ -176,6 +177,7 @@ class RunDir:
                               ) from err
         if self.lock:
             self.lock_path = acquire(self.out_dir, self.program)
+        self.owned = True  # from here on, the run files in these folders are this run's
         found = self.run_files()  # again, now that no one else can write here
         self.before = set(found)
         if not self.guard:
@@ -222,7 +224,7 @@ class RunDir:
         """On failure: remove what this run wrote into a folder where it saved no checkpoint
         (metrics.jsonl would block a rerun), then the folders it created if empty."""
         try:
-            if failed:
+            if failed and self.owned:
                 for d in self.folders:
                     if (d / "last.pt").exists():
                         continue
