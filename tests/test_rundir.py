@@ -200,7 +200,9 @@ def test_a_wrong_weights_file_is_a_value_error(tmp_path, kind):
 
 @pytest.mark.parametrize("argv", [["--warmup-epochs", "inf"], ["--lr", "inf"], ["--tau", "inf"],
                                   ["--diversity-weight", "inf"], ["--max-per-class", "100000000"],
-                                  ["--resume"], "data_dir", "missing"])
+                                  ["--resume"], "data_dir", "missing"],
+                         ids=["warmup_inf", "lr_inf", "tau_inf", "diversity_inf",
+                              "max_per_class_1e8", "resume_nothing", "data_dir", "missing"])
 def test_options_are_refused_before_the_out_dir_exists(tmp_path, argv, capsys):
     out = tmp_path / "run"
     if argv == "data_dir":  # the synthetic set reads no files: --data-dir would be ignored
