@@ -43,9 +43,9 @@ def load_checkpoint(path, *, mmap: bool = False) -> dict:
     except Exception as err:  # the unpickler raises KeyError, ValueError, ... on a text file
         lfs = (" (a git-lfs pointer: run `git lfs pull`)"
                if _head(path).startswith(b"version https://git-lfs") else "")
+        said = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise ValueError(f"cannot read checkpoint {path}{lfs}: truncated, or not a file written "
-                         f"by torch.save ({(str(err).strip() or type(err).__name__).splitlines()[0]})"
-                         ) from err
+                         f"by torch.save ({said})") from err
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS) or not (
             "recipe" in ckpt or "dataset" in ckpt):
         what = (f"a dict of {len(ckpt)} entries ({', '.join(map(str, list(ckpt)[:4]))}...)"

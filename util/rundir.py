@@ -178,17 +178,15 @@ class RunDir:
         if self.lock:
             self.lock_path = acquire(self.out_dir, self.program)
         self.owned = True  # from here on, the run files in these folders are this run's
-        found = self.run_files()  # again, now that no one else can write here
+        found = self.run_files()  # now that no one else can write here
         self.before = set(found)
-        if not self.guard:
-            return
-        if found and not (self.resume or self.overwrite):
+        if self.guard and found and not (self.resume or self.overwrite):
             held = "; ".join(f"{d}: " + ", ".join(f.name for f in found if f.parent == d)
                              for d in self.folders if any(f.parent == d for f in found))
             raise ValueError(f"{self.out_dir} already holds a run ({held}); nothing was "
                              f"changed. Continue it with --resume, replace it with "
                              f"--overwrite, or pick another --out-dir.")
-        if self.overwrite:
+        if self.overwrite:  # also in the processes of --gpus N: rank 0 removes them
             self.pending = found + [f for d in self.folders for f in analysis_files(d)]
 
     def run_files(self) -> list[Path]:
