@@ -199,9 +199,10 @@ def test_a_wrong_weights_file_is_a_value_error(tmp_path, kind):
 
 
 @pytest.mark.parametrize("argv", [["--warmup-epochs", "inf"], ["--lr", "inf"], ["--tau", "inf"],
+                                  ["--warmup-epochs", "1e308"],
                                   ["--diversity-weight", "inf"], ["--max-per-class", "100000000"],
                                   ["--resume"], "data_dir", "missing"],
-                         ids=["warmup_inf", "lr_inf", "tau_inf", "diversity_inf",
+                         ids=["warmup_inf", "lr_inf", "tau_inf", "warmup_1e308", "diversity_inf",
                               "max_per_class_1e8", "resume_nothing", "data_dir", "missing"])
 def test_options_are_refused_before_the_out_dir_exists(tmp_path, argv, capsys):
     out = tmp_path / "run"

@@ -178,6 +178,9 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         values["model"] = pick("model", default_preset(dataset, values["image_size"]))
         values["patch_size"] = pick("patch_size", default_patch(dataset, values["image_size"]))
     values["llb"] = llb_options(args, base, demo) if stage == "llb" else None
+    if values["warmup_epochs"] > values["epochs"]:  # 1e308 would overflow the step count
+        raise ValueError(f"the {stage} stage's warmup of {values['warmup_epochs']:g} epochs is "
+                         f"longer than its {values['epochs']} epochs: lower --warmup-epochs")
     if values["min_lr"] > values["lr"]:
         raise ValueError(f"the {stage} stage's floor of the learning rate, {values['min_lr']:g}, "
                          f"is above its peak {values['lr']:g}: lower --min-lr or raise --lr")
