@@ -352,8 +352,7 @@ def main(argv=None) -> dict:
     with rundir.RunDir(out, [out], program="analyze.py", guard=False):
         rundir.check_analysis(out, options, args.overwrite)
         results = analyze(args, ckpt, r, device, out)
-        rundir.record_analysis(out, options)
-    return results
+        return rundir.record_analysis(out, results, options)
 
 
 def analyze(args, ckpt: dict, r, device, out: Path) -> dict:

@@ -260,13 +260,15 @@ def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
                      f"elsewhere with --out-dir.")
 
 
-def record_analysis(folder: Path, options: dict) -> None:
-    """Add the options to analysis.json (atomically), for check_analysis's next look."""
+def record_analysis(folder: Path, results: dict, options: dict) -> dict:
+    """Add the options to analysis.json (atomically), for check_analysis's next look; returns
+    what it now holds."""
     path = folder / "analysis.json"
-    results = json.loads(path.read_text())
+    results = json.loads(path.read_text()) | {"options": options}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results | {"options": options}, indent=2) + "\n")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, path)
+    return results
 
 
 def interrupted(folder: Path, argv) -> str:
