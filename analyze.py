@@ -351,8 +351,8 @@ def main(argv=None) -> dict:
         k: getattr(r, k) for k in evaluate.DATA_OPTIONS + ("amp",)}
     with rundir.RunDir(out, [out], program="analyze.py", guard=False):
         rundir.check_analysis(out, options, args.overwrite)
-        results = analyze(args, ckpt, r, device, out)
-        return rundir.record_analysis(out, results, options)
+        analyze(args, ckpt, r, device, out)
+        return rundir.record_analysis(out, options)
 
 
 def analyze(args, ckpt: dict, r, device, out: Path) -> dict:

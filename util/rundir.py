@@ -260,7 +260,7 @@ def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
                      f"elsewhere with --out-dir.")
 
 
-def record_analysis(folder: Path, results: dict, options: dict) -> dict:
+def record_analysis(folder: Path, options: dict) -> dict:
     """Add the options to analysis.json (atomically), for check_analysis's next look; returns
     what it now holds."""
     path = folder / "analysis.json"
