@@ -35,6 +35,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path, *, mmap: bool = False) -> dict:
     """A train.py checkpoint's dict; mmap=True reads tensors lazily (for a look at its recipe).
     Anything else (a state dict, a tensor, a text file, a git-lfs pointer) is a ValueError."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path} is a folder: give a file in it, e.g. "
+                                f"{os.path.join(path, 'last.pt')} or best.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found (train.py writes "
                                 f"<out-dir>/last.pt, best.pt)")
