@@ -58,7 +58,7 @@ from tqdm import tqdm
 import data
 from inputs import images
 from plotting import plots
-from util import checkpoint, cli, evaluate, recipe
+from util import checkpoint, cli, evaluate, recipe, rundir
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
@@ -404,6 +404,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--workers", type=int, help="loader processes (default: 0 in memory, else <= 8)")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     add("--amp", choices=("bf16", "fp16", "off"), help="default: the checkpoint's")
+    add("--out-dir", help="where the files go (default: the checkpoint's folder)")
+    add("--overwrite", action="store_true", help="replace an analysis made with other options")
     add("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     if args.device is None:
@@ -425,6 +427,17 @@ def main(argv=None) -> dict:
                          f"{ckpt.get('kind')!r} model (no latent objects). Train LLB on it with: "
                          f"python train.py --method llb --backbone {args.checkpoint}")
     r = evaluate.checkpoint_recipe(ckpt, args.checkpoint, args)
+    out = Path(args.out_dir if args.out_dir is not None else Path(args.checkpoint).parent)
+    options = {"checkpoint": str(Path(args.checkpoint).resolve())} | {
+        k: getattr(r, k) for k in evaluate.DATA_OPTIONS + ("amp",)}
+    with rundir.RunDir(out, [out], program="analyze.py", guard=False):
+        rundir.check_analysis(out, options, args.overwrite)
+        analyze(args, ckpt, r, device, out)
+        return rundir.record_analysis(out, options)
+
+
+def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
+    """The analysis of a checkpoint into `out` (checked and locked by main)."""
     _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
                                                device=device, train=False)
     if args.superclasses is not None:  # checked before the model runs
@@ -439,7 +452,7 @@ def main(argv=None) -> dict:
     collected = collect(model, val_loader, device,
                         recipe.autocast(r.amp, device, enabled=r.eval_amp))
     return write_report(collected, info=info, checkpoint_path=args.checkpoint,
-                        run_dir=Path(args.checkpoint).parent, model=model)
+                        run_dir=out, model=model)
 
 
 if __name__ == "__main__":

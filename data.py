@@ -171,7 +171,8 @@ def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
         raise RuntimeError(f"{name}: files in {data_dir} fail torchvision's integrity check "
                            f"({err}); delete {data_dir} and {CIFAR_HINT}") from err
     except OSError as err:
-        raise RuntimeError(f"{name}: download into {root} failed ({err}); {CIFAR_HINT}") from err
+        raise RuntimeError(f"{name}: download into {root} failed ({err}); check the network "
+                           f"(a proxy?) or {CIFAR_HINT.split(' or ', 1)[1]}") from err
     for split in (train, val):  # decoded arrays already: loaders default to 0 workers
         split.in_memory = True
     if name == "cifar10":

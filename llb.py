@@ -29,6 +29,7 @@ Symbol map (code name -> paper symbol):
 Shapes: B batch, N patch tokens (+1 class token), D width, O latent objects, K classes.
 """
 import contextlib
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -72,12 +73,13 @@ class LLBConfig:
         if self.depth < 2:
             raise ValueError(f"LLB depth must be >= 2 (the extractor block plus at least one block "
                              f"of g, else c_n sees no object), got {self.depth!r}")
-        if not self.tau > 0:
-            raise ValueError(f"LLB tau must be > 0 (softmax temperature), got {self.tau!r}")
+        if not 0 < self.tau < math.inf:
+            raise ValueError(f"LLB tau must be finite and > 0 (softmax temperature), "
+                             f"got {self.tau!r}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"LLB alpha must be in [0, 1] (weight of p_V), got {self.alpha!r}")
-        if not self.diversity_weight >= 0:
-            raise ValueError(f"LLB diversity_weight must be >= 0 (lambda), "
+        if not 0 <= self.diversity_weight < math.inf:
+            raise ValueError(f"LLB diversity_weight must be finite and >= 0 (lambda), "
                              f"got {self.diversity_weight!r}")
         if self.diversity_mode not in ("batch", "image"):
             raise ValueError(f"LLB diversity_mode must be 'batch' or 'image', "

@@ -177,9 +177,22 @@ def main(argv=None):
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(f"--out {out} exists and is not an empty directory; give a new or empty "
                      f"directory (the copy is written there, nothing is overwritten)")
+    if out.resolve().is_relative_to(ROOT):
+        parser.error(f"--out {out} is inside the repository {ROOT}: the student copy would be "
+                     f"copied into itself and collected by the repository's tests; give a "
+                     f"folder outside it, e.g. --out ../course")
 
-    # Copy and blank
-    files = make_assignment(ROOT, out, blanks)
+    # Copy and blank; a failed copy removes what it wrote (out was new or empty)
+    existed = out.exists()
+    try:
+        files = make_assignment(ROOT, out, blanks)
+    except OSError as err:
+        shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            out.mkdir(exist_ok=True)
+        parser.exit(2, f"error: cannot write the copy into {out} ({err.strerror or err}: "
+                       f"{err.filename or ''}); nothing is left there. Give a writable folder "
+                       f"with room for the repository's files.\n")
     print(f"wrote {len(files)} files to {out}; blanked:")
     for blank in blanks:
         print(f"  {blank.file}: {blank.cls}.{blank.method}  (grade: pytest -m {blank.marker})")

@@ -32,9 +32,9 @@ import llb
 import vit
 from inputs import pretrained
 from plotting import curves
-from util import cli, distributed, evaluate, recipe
-from util.checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
-                             prepare_out_dir, restore, save_checkpoint)
+from util import cli, distributed, evaluate, recipe, rundir
+from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,
+                             model_from_checkpoint, restore, save_checkpoint)
 from util.distributed import is_master
 
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
@@ -251,8 +251,10 @@ def check_finite(first_bad: int, epoch: int, loss: float, r: recipe.Recipe) -> N
 # ----------------------------------------------------------------------------- a stage
 
 
-def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real=None) -> dict:
-    """Train one stage to its last epoch (resuming if asked); returns that epoch's results."""
+def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real=None,
+              run: rundir.RunDir | None = None) -> dict:
+    """Train one stage to its last epoch (resuming if asked); returns that epoch's results.
+    run: the out-dir, told once the model is built (--overwrite replaces the old run then)."""
     train_loader, val_loader, info = loaders
     # build the model, its optimizer and the fp16 loss scaler
     model = build_model(r, info.num_classes).to(device)
@@ -266,10 +268,13 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
     if args.resume and (folder / "last.pt").exists():
         ckpt = load_checkpoint(folder / "last.pt")
         restore(ckpt, model, optimizer, scaler, folder / "last.pt")
+        check_same_data(ckpt, info.class_names, folder / "last.pt")
         start = ckpt["epoch"]
         best = ckpt["best_top1"]  # as of the epoch before: last.pt is saved before evaluating
         if (folder / "best.pt").exists():
             best = max(best, load_checkpoint(folder / "best.pt", mmap=True)["best_top1"])
+    if run is not None:
+        run.started(model)
     # wrap: DDP across processes, then compile; `model` keeps the state dict and the loss
     net = model
     if r.world_size > 1:
@@ -286,7 +291,8 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
         t0 = time.time()
         sums = train_epoch(net, train_loader, optimizer, scaler, r, epoch=epoch)
         state = dict(kind=r.stage, **configs_of(model), recipe=asdict(r), epoch=epoch + 1,
-                     best_top1=best, dataset=info.name, **capture(model, optimizer, scaler))
+                     best_top1=best, dataset=info.name,
+                     class_names=list(info.class_names), **capture(model, optimizer, scaler))
         if is_master():  # saved before evaluating: a failing evaluation loses no training
             save_checkpoint(folder / "last.pt", state)
         seconds = time.time() - t0
@@ -356,40 +362,31 @@ def main(argv=None) -> dict | None:
             return evaluate.evaluate_checkpoint(args, device)
         finally:
             distributed.teardown()
-    # plan every stage and check the out-dir before starting processes or building anything
+    # plan every stage before starting processes or building anything; then the out-dir
     planned = recipe.plan(args)
-    if "RANK" not in os.environ:
-        prepare_out_dir(args.out_dir, [folder for _, folder in planned], resume=args.resume,
-                        overwrite=args.overwrite)
+    folders = [folder for _, folder in planned]
     if args.gpus > 1 and "RANK" not in os.environ:
-        return distributed.launch(entry, argv, args.gpus)
+        with rundir.for_training(args, folders):  # held while the processes run
+            return distributed.launch(entry, argv, args.gpus)
     rank, world, device = distributed.setup(args.device)
     try:
-        random.seed(planned[0][0].seed)
-        loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
-                                device=device, download=args.download)
-        real = evaluate.read_real(args, loaders[1])
-        for r, folder in planned:
-            try:
-                results = run_stage(r, folder, loaders, device, args, real)
-            except KeyboardInterrupt:
-                raise cli.Interrupted(interrupted(folder, argv)) from None
+        with rundir.for_training(args, folders) as run:  # the lock; rank 0 of torchrun's
+            random.seed(planned[0][0].seed)
+            loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world,
+                                           workers=args.workers, device=device,
+                                           download=args.download)
+            real = evaluate.read_real(args, loaders[1])
+            for r, folder in planned:
+                try:
+                    results = run_stage(r, folder, loaders, device, args, real, run)
+                except KeyboardInterrupt:
+                    raise cli.Interrupted(rundir.interrupted(folder, argv)) from None
         if is_master():
             evaluate.print_table(results, f"{planned[-1][0].dataset} validation, {args.method}, "
                                  f"results in {Path(args.out_dir) / 'results.json'}")
         return results
     finally:
         distributed.teardown()
-
-
-def interrupted(folder: Path, argv) -> str:
-    """What Ctrl-C kept, and the command that continues."""
-    command = " ".join(["python train.py", *(sys.argv[1:] if argv is None else argv)])
-    if not (folder / "last.pt").exists():
-        return f"No epoch of {folder} was finished, so nothing was saved there."
-    kept = load_checkpoint(folder / "last.pt", mmap=True)["epoch"]
-    resume = "" if "--resume" in command else " --resume"
-    return f"{folder / 'last.pt'} holds epoch {kept}; continue with: {command}{resume}"
 
 
 def entry(argv=None) -> int:

@@ -170,8 +170,14 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _image_files(class_dir: Path, max_per_class: int | None) -> list[str]:
-    names = sorted(e.name for e in os.scandir(class_dir)  # scandir: no stat per file
-                   if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+    images = [e for e in os.scandir(class_dir)  # scandir: no stat per file
+              if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    names = sorted(e.name for e in images if e.is_file())
+    broken = sorted(e.name for e in images if e.is_symlink() and not e.is_file())
+    if broken:  # a link whose target is gone: is_file() is False, and it would vanish silently
+        raise FileNotFoundError(f"{class_dir} holds {len(broken)} broken symbolic link(s) to "
+                                f"images ({', '.join(broken[:3])}): their targets do not exist. "
+                                f"Mount or restore the targets, or delete the links.")
     return [str(class_dir / n) for n in names[:max_per_class]]
 
 

@@ -19,7 +19,6 @@ layouts are read without importing timm (the tests use timm as the oracle).
 """
 import math
 import os
-import pickle
 from collections import namedtuple
 
 import torch
@@ -365,10 +364,15 @@ def _read_file(path: str, *, name: str, url: str):
             raise ImportError(f"{path} is a .safetensors file and the safetensors package is "
                               f"not installed: pip install safetensors, or pass the .bin/.pth "
                               f"of {name}") from None
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors' SafetensorError on a truncated or foreign file
+            raise ValueError(f"{path} is not a readable .safetensors file (truncated, or another "
+                             f"format renamed): expected the weights of {name} ({url}); "
+                             f"safetensors says: {e}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    except Exception as e:  # the unpickler raises KeyError, ... on a text file
         raise ValueError(f"{path} is not a file torch.load(weights_only=True) can read: expected "
                          f"the .pth/.bin/.safetensors of {name} ({url}); torch says: {e}") from e
 
@@ -382,6 +386,8 @@ def load(name: str, *, weights_file: str | None = None, **overrides) -> vit.ViT:
     else:
         held = _read_file(weights_file, name=name, url=url)
     source = weights_file or url
+    if not isinstance(held, dict):  # a tensor or a list saved by mistake
+        raise ValueError(f"{source} holds a {type(held).__name__}, not the state dict of {name}")
     if kind == "torchvision":
         state = _torchvision_names(held)
     elif kind == "mae":

@@ -32,7 +32,7 @@ def test_an_existing_run_is_never_overwritten_by_accident(tmp_path, capsys):
     assert all((out / f).read_bytes() == b for f, b in before.items())
     # --overwrite says what it replaces, and the new run's metrics are not mixed with the old
     run(out, "--epochs", "1", "--lr", "0.01", "--overwrite")
-    assert "--overwrite: removing" in capsys.readouterr().out
+    assert "--overwrite: the new run has started; removing" in capsys.readouterr().out
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["recipe"]["lr"] == 0.01
 

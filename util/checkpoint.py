@@ -1,5 +1,5 @@
-"""A run's files: checkpoints written atomically and read with weights_only=True, and the
-out-dir guarded against overwriting a run by accident.
+"""A run's files: checkpoints written atomically and read with weights_only=True, checked to
+be train.py checkpoints (the out-dir's guard and lock: rundir.py).
 
 A checkpoint is a dict: kind ("vit" | "llb"), vit_config and llb_config (the dataclasses as
 dicts: enough to rebuild the model without the command line), recipe (every setting the stage
@@ -7,9 +7,7 @@ used: recipe.Recipe as a dict), model (state dict), optimizer, scaler, epoch (co
 best_top1, dataset, rng (torch, python and CUDA RNG states).
 """
 import os
-import pickle
 import random
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import torch
 import llb
 import vit
 
-# The files a training stage writes into its folder (train.py)
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "results.json", "curves.png")
+# What every train.py checkpoint holds (older ones: "dataset" where newer have "recipe")
+CHECKPOINT_KEYS = ("kind", "vit_config", "model")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -35,16 +33,39 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path, *, mmap: bool = False) -> dict:
-    """A checkpoint's dict; mmap=True reads tensors lazily (for a look at its recipe)."""
+    """A train.py checkpoint's dict; mmap=True reads tensors lazily (for a look at its recipe).
+    Anything else (a state dict, a tensor, a text file, a git-lfs pointer) is a ValueError."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path} is a folder: give a file in it, e.g. "
+                                f"{os.path.join(path, 'last.pt')} or best.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found (train.py writes "
                                 f"<out-dir>/last.pt, best.pt)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: truncated, or not a file written by "
-                         f"torch.save ({(str(err).strip() or type(err).__name__).splitlines()[0]})"
-                         ) from err
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # the unpickler raises KeyError, ValueError, ... on a text file
+        lfs = (" (a git-lfs pointer: run `git lfs pull`)"
+               if _head(path).startswith(b"version https://git-lfs") else "")
+        said = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise ValueError(f"cannot read checkpoint {path}{lfs}: truncated, or not a file written "
+                         f"by torch.save ({said})") from err
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS) or not (
+            "recipe" in ckpt or "dataset" in ckpt):
+        what = (f"a dict of {len(ckpt)} entries ({', '.join(map(str, list(ckpt)[:4]))}...)"
+                if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
+        raise ValueError(f"{path} is not a train.py checkpoint: it holds {what}, not the dict "
+                         f"with {', '.join(CHECKPOINT_KEYS)} and recipe that train.py saves "
+                         f"(<out-dir>/last.pt, best.pt). For released weights (torchvision, "
+                         f"timm, MAE) use --pretrained NAME --weights-file {path}")
+    return ckpt
+
+
+def _head(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64)
+    except OSError:
+        return b""
 
 
 def model_from_checkpoint(ckpt: dict, *, num_classes: int | None = None,
@@ -83,36 +104,27 @@ def check_same_model(ckpt: dict, model, path) -> None:
                              f"this run): {diff}")
 
 
+def check_same_data(ckpt: dict, class_names: list, path) -> None:
+    """--resume on data whose classes differ from the checkpoint's fails (the head's k-th
+    output would silently mean another class)."""
+    theirs = ckpt.get("class_names")
+    if theirs is None or list(theirs) == list(class_names):
+        return
+    differ = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(theirs, class_names))
+              if a != b][:3]
+    raise ValueError(f"--resume: {path} was trained on other classes than the data given now "
+                     f"({len(theirs)} vs {len(class_names)} classes; first differences "
+                     f"{', '.join(differ) or 'in the count'}): check --data-dir/--classes. To "
+                     f"train this model on the new classes, start a new run from it: --backbone "
+                     f"{path} --out-dir NEW")
+
+
 def saved_recipe(path) -> tuple[dict | None, dict]:
     """(recipe, vit_config) of a checkpoint; checkpoints older than recipes have no recipe."""
     ckpt = load_checkpoint(path, mmap=True)
     if "vit_config" not in ckpt:
         model_from_checkpoint(ckpt, source=str(path))  # raises: not a train.py checkpoint
     return ckpt.get("recipe"), ckpt["vit_config"]
-
-
-def prepare_out_dir(out_dir, folders: list[Path], *, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite a run by accident; check the folders can be written; before any work."""
-    found = [f for d in folders for f in (d / name for name in RUN_FILES) if f.exists()]
-    if found and not (resume or overwrite):
-        held = "; ".join(f"{d}: " + ", ".join(f.name for f in found if f.parent == d)
-                         for d in folders if any(f.parent == d for f in found))
-        raise ValueError(f"{out_dir} already holds a run ({held}); nothing was changed. Continue "
-                         f"it with --resume, replace it with --overwrite, or pick another "
-                         f"--out-dir.")
-    if overwrite and found:
-        print(f"--overwrite: removing {', '.join(map(str, found))}")
-        for f in found:
-            f.unlink()
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_test"
-            probe.write_bytes(b"0" * 4096)
-            probe.unlink()
-        except OSError as err:
-            raise OSError(f"cannot write to the output folder {folder} ({err.strerror}): pick "
-                          f"another --out-dir, or free space / fix its permissions") from err
 
 
 def capture(model, optimizer, scaler) -> dict:

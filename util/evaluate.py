@@ -99,8 +99,12 @@ def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
     given = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k, None) is not None}
     if is_master():
         taken = [f"{k}={saved[k]}" for k in DATA_OPTIONS if k not in given and k in saved]
+        filled = getattr(args, "filled", ())  # defaults of this device, not typed
+        typed = {k: v for k, v in given.items() if k not in filled}
+        device = {k: v for k, v in given.items() if k in filled}
         print(f"data options from {path}: {', '.join(taken) or 'none'}"
-              + (f"; from the command line: {given}" if given else ""))
+              + (f"; from the command line: {typed}" if typed else "")
+              + (f"; this device's default: {device}" if device else ""))
     return recipe.Recipe(**(saved | given))
 
 

@@ -11,6 +11,7 @@ default in `Recipe`. Also here: every stage's plan (`plan`), the runtime default
 amp, out-dir), the loaders a recipe describes and its autocast context. The optimizer and the
 learning-rate schedule sit beside the loop, in train.py.
 """
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -56,6 +57,8 @@ OPTION_RANGES = [
      ">= 0"),
     (("dropout", "label_smoothing"), lambda v: 0 <= v < 1, "in [0, 1)"),
 ]
+# Memory of one synthetic image while the set is generated (float32, 3 x 32 x 32)
+SYNTHETIC_IMAGE_BYTES = 4 * 3 * 32 * 32
 # Fields a resumed run may change: where files are, not what is trained.
 SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")
 
@@ -179,6 +182,9 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         values["model"] = pick("model", default_preset(dataset, values["image_size"]))
         values["patch_size"] = pick("patch_size", default_patch(dataset, values["image_size"]))
     values["llb"] = llb_options(args, base, demo) if stage == "llb" else None
+    if values["warmup_epochs"] > values["epochs"]:  # 1e308 would overflow the step count
+        raise ValueError(f"the {stage} stage's warmup of {values['warmup_epochs']:g} epochs is "
+                         f"longer than its {values['epochs']} epochs: lower --warmup-epochs")
     if values["min_lr"] > values["lr"]:
         raise ValueError(f"the {stage} stage's floor of the learning rate, {values['min_lr']:g}, "
                          f"is above its peak {values['lr']:g}: lower --min-lr or raise --lr")
@@ -228,7 +234,11 @@ def llb_options(args, base: dict | None, demo: bool) -> dict:
 
 
 def out_of_range(args) -> str | None:
-    """The first numeric option outside its range (OPTION_RANGES), for any program's options."""
+    """The first numeric option outside its range (OPTION_RANGES), or not finite (inf and nan
+    pass some tests of a range), for any program's options."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"--{name.replace('_', '-')} must be a finite number, got {value}"
     for names, ok, allowed in OPTION_RANGES:
         for name in names:
             value = getattr(args, name, None)
@@ -265,11 +275,33 @@ def check_options(args) -> str | None:
                 f"processes (gloo), add --device cpu")
     if (args.device or default_device()) == "cuda" and args.gpus > cuda:
         return f"--gpus {args.gpus} but this machine has {cuda} CUDA GPU(s)"
+    problem = distributed.environment_problem()
+    if problem:
+        return problem
     demo = (args.dataset or default_of("dataset")) == "synthetic"
     try:  # the LLB options alone; the layer against the backbone's depth comes in plan()
         llb.LLBConfig(**llb_options(args, None, demo))
     except ValueError as err:
         return str(err)
+    return None
+
+
+def data_problem(dataset: str, data_dir, max_per_class) -> str | None:
+    """Data options the dataset would ignore, or sizes that cannot fit in memory."""
+    if dataset != "synthetic":
+        return None
+    if data_dir is not None:
+        return (f"--data-dir {data_dir} with the synthetic set, which is generated in memory "
+                f"and reads no files: drop --data-dir, or name the set it holds with --dataset "
+                f"(folder, imagenet, cifar10, ...)")
+    if max_per_class is not None:
+        need = 2 * data.SYNTHETIC_CLASSES * max_per_class * SYNTHETIC_IMAGE_BYTES  # train + val
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if need > have // 2:
+            return (f"--max-per-class {max_per_class} on the synthetic set needs about "
+                    f"{need / 2**30:.0f} GiB of memory (it is generated in memory), more than "
+                    f"half of this machine's {have / 2**30:.0f} GiB: use at most "
+                    f"{have // 2 // (2 * data.SYNTHETIC_CLASSES * SYNTHETIC_IMAGE_BYTES)}")
     return None
 
 
@@ -286,6 +318,7 @@ def default_amp(device: str) -> str:
 def resolve_runtime(args) -> None:
     """Fill train.py's runtime options left unset (after check_options): device, amp, the
     number of processes (torchrun's WORLD_SIZE, else --gpus) and the out-dir."""
+    args.filled = [name for name in ("device", "amp") if getattr(args, name) is None]
     if args.device is None:
         args.device = default_device()
     if args.amp is None:
@@ -334,6 +367,9 @@ def plan(args) -> list[tuple[Recipe, Path]]:
         if r.llb is not None:  # --layer against the backbone, for both stages of vit+llb
             depth = backbone_depth(planned[0][0] if planned else r, source_vit)
             r.llb = asdict(llb.LLBConfig(**r.llb).for_backbone(depth))
+        problem = data_problem(r.dataset, r.data_dir, r.max_per_class)
+        if problem:
+            raise ValueError(problem)
         planned.append((r, folder))
         source = asdict(r)
     return planned
@@ -346,6 +382,9 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
                   device: torch.device, download: bool = False, train: bool = True):
     """(train loader, val loader, DataInfo) of a recipe's data options; shared by both stages.
     train=False (evaluation): no training loader, None in its place."""
+    problem = data_problem(r.dataset, r.data_dir, r.max_per_class)
+    if problem:  # --eval-only and analyze.py: options given over a checkpoint's
+        raise ValueError(problem)
     spec = pretrained_weights.eval_spec(r.pretrained) if r.pretrained else None
     expected = None
     if r.pretrained and r.stage == "llb":  # LLB keeps the released head: same label set
