@@ -10,9 +10,12 @@ iNat are read by images.py (any PIL mode to 8-bit RGB: 16-bit scaled, transparen
 
 Augmentation (`augment`): `paper` is the authors' recipe for LLB on a pretrained backbone,
 train = Resize 256 (bilinear) -> CenterCrop 224 -> RandAugment(3, 9) -> normalize (on CIFAR:
-random crop + flip + RandAugment); `basic` is for a ViT trained from scratch (CIFAR: random crop
-with padding + flip; photo and folder sets: random-resized crop + flip); `none` trains on the
-eval framing. Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
+random crop + flip + RandAugment); `basic` is for a ViT trained from scratch and never crops
+away most of an image (`basic_steps`): CIFAR and photo sets up to PAD_CROP_UP_TO px, a random crop
+of the image padded by 1/8 of its side (CIFAR's pad-4 crop at 32 px) + flip; larger photos, a
+random-resized crop of at least RESIZED_CROP_SCALE of the area + flip; a folder (whose content is
+unknown: digits and text change class when mirrored) is never flipped; `none` trains on the eval
+framing. Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
 transform of pretrained weights) sizes, interpolation, mean and std come from the weights.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
@@ -51,6 +54,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+PAD_CROP_UP_TO = 64  # basic: a pad-and-crop up to this size, a random-resized crop above
+# basic above PAD_CROP_UP_TO px: the smallest crop, as a fraction of the area (torchvision's and
+# DeiT's ImageNet-1k 0.08 for the large photo sets; a folder, often small, keeps half its image)
+RESIZED_CROP_SCALE = {"folder": 0.5, "imagenet": 0.08, "places365": 0.08, "inat2018": 0.08}
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
                   "bicubic": v2.InterpolationMode.BICUBIC, "nearest": v2.InterpolationMode.NEAREST}
 
@@ -119,12 +126,22 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
             # (the eval side follows the weights' own transform when there is one).
             train_steps = _framing(spec, "bilinear") + randaugment
         elif augment == "basic":
-            train_steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+            train_steps = basic_steps(name, size, val_steps)
         else:
             train_steps = val_steps
     # PIL image (or a decoded uint8 tensor, passed through) -> plain float tensor, normalized
     tensor = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
+
+
+def basic_steps(name: str, size: int, framing: list) -> list:
+    """`basic` for a photo set or folder at `size` px: up to PAD_CROP_UP_TO px the eval framing,
+    then a crop of it padded by size // 8 (CIFAR's recipe); above, a random-resized crop of at
+    least RESIZED_CROP_SCALE of the image. A flip, except on a folder (content unknown)."""
+    flip = [] if name == "folder" else [v2.RandomHorizontalFlip()]
+    if size <= PAD_CROP_UP_TO:
+        return framing + [v2.RandomCrop(size, padding=size // 8)] + flip
+    return [v2.RandomResizedCrop(size, scale=(RESIZED_CROP_SCALE[name], 1.0))] + flip
 
 
 # ----------------------------------------------------------------------------- torchvision sets
