@@ -32,7 +32,7 @@ import llb
 import vit
 from inputs import pretrained
 from plotting import curves
-from util import cli, distributed, evaluate, recipe
+from util import cli, distributed, estimate, evaluate, recipe
 from util.checkpoint import (capture, configs_of, load_checkpoint, model_from_checkpoint,
                              prepare_out_dir, restore, save_checkpoint)
 from util.distributed import is_master
@@ -196,8 +196,8 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
     autocast = recipe.autocast(r.amp, device)
     sums = None  # running sums of the loss statistics, on the device
     first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss
-    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
-               disable=not is_master())
+    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}{estimate.left()}",
+               leave=False, disable=not is_master())
     for i, (x, y) in enumerate(bar):
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
@@ -365,6 +365,8 @@ def main(argv=None) -> dict | None:
         loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
                                 device=device, download=args.download)
         real = evaluate.read_real(args, loaders[1])
+        if is_master():  # the run's expected wall time, from a few timed steps
+            estimate.announce(planned, loaders, device, build_model)
         for r, folder in planned:
             try:
                 results = run_stage(r, folder, loaders, device, args, real)
