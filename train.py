@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
       f"{recipe.PHOTO_SIZE})")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
-    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: "
-      "data.default_augment: none on synthetic, paper on released weights, else basic)")
+    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: see "
+      "data.default_augment: paper on weights, none on synthetic or a folder, else basic)")
     g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument

@@ -1,8 +1,9 @@
 """The expected wall time of a run, from a few timed steps, printed before it starts.
 
 Each stage's model takes TIMED_STEPS training steps (forward and backward, no optimizer step,
-gradients dropped, the RNG state restored) on a random batch of TIMED_BATCH images after one
-untimed step; the fastest is scaled to the stage's batch, steps and epochs, plus evaluation
+gradients dropped, the RNG state restored) on random batches of TIMED_BATCHES sizes after one
+untimed step (`step_seconds`); the step of the stage's batch is scaled to its steps and epochs,
+plus evaluation
 (EVAL_COST of a training step per image). Loading is not timed: sets decoded in memory load in
 a small fraction of a step, streamed ones (large folders) may take longer than this says. A run
 expected to take over LONG_RUN_S on a CPU is printed with the options that shorten it.
@@ -15,7 +16,8 @@ import torch
 import llb
 
 TIMED_STEPS = 2  # timed steps per stage, after one untimed (warm-up) step
-TIMED_BATCH = 8  # images per timed step; a step of the stage's batch is scaled from it
+TIMED_BATCHES = (16, 64)  # images per timed step (at most the batch)
+QUICK_STEP_S = 30.0  # a step of the smaller batch slower than this: the larger is not timed
 EVAL_COST = 1 / 3  # evaluating an image (forward only), in units of its training step
 LONG_RUN_S = 3600  # a CPU run expected to take longer is printed with what shortens it
 
@@ -24,22 +26,33 @@ _expected = {"start": None, "seconds": None}  # the run's estimate, for the prog
 
 def step_seconds(model: torch.nn.Module, *, batch: int, image_size: int, num_classes: int,
                  device: torch.device) -> float:
-    """Seconds of one training step of `batch` images, scaled from TIMED_BATCH images."""
-    x = torch.randn(TIMED_BATCH, 3, image_size, image_size, device=device)
-    y = torch.randint(num_classes, (TIMED_BATCH,), device=device)
-    times = []
+    """Seconds of one training step of `batch` images: on the line through the times of the two
+    TIMED_BATCHES (a fixed cost per step and one per image), or in proportion to the smaller
+    one's time when the batch is no larger or when that step alone takes over QUICK_STEP_S."""
+    sizes = [min(batch, n) for n in TIMED_BATCHES]
+    fastest = []
     cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # dropout draws nothing from the run's RNG
+    with torch.random.fork_rng(devices=cuda):  # the batch and dropout: not from the run's RNG
         model.train()
-        for _ in range(TIMED_STEPS + 1):
-            t0 = time.perf_counter()
-            loss, _ = model.loss(model(x), y)
-            loss.backward()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
+        for images in sizes:
+            x = torch.randn(images, 3, image_size, image_size, device=device)
+            y = torch.randint(num_classes, (images,), device=device)
+            times = []
+            for _ in range(TIMED_STEPS + 1):
+                t0 = time.perf_counter()
+                loss, _ = model.loss(model(x), y)
+                loss.backward()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+            fastest.append(min(times[1:]))
+            if batch <= images or fastest[0] > QUICK_STEP_S:
+                break
     model.zero_grad(set_to_none=True)
-    return min(times[1:]) * batch / TIMED_BATCH
+    if len(fastest) == 1:
+        return fastest[0] * batch / sizes[0]
+    per_image = max((fastest[1] - fastest[0]) / (sizes[1] - sizes[0]), 0.0)
+    return fastest[1] + (batch - sizes[1]) * per_image
 
 
 def stage_seconds(step: float, *, epochs: int, steps: int, batch: int, val_images: int) -> float:
@@ -69,7 +82,7 @@ def announce(planned: list, loaders: tuple, device: torch.device, build) -> floa
                      f"{say(seconds)}")
         total += seconds
     print(f"expected wall time {say(total)} on {device.type} ({'; '.join(parts)}; from "
-          f"{TIMED_STEPS} timed steps of {TIMED_BATCH} images, loading not timed)")
+          f"timed steps of {' and '.join(map(str, TIMED_BATCHES))} images, loading not timed)")
     if device.type == "cpu" and total > LONG_RUN_S:
         print(shorter(planned[0][0]))
     _expected.update(start=time.time(), seconds=total)
@@ -78,10 +91,10 @@ def announce(planned: list, loaders: tuple, device: torch.device, build) -> floa
 
 def shorter(r) -> str:
     """The options that make a long CPU run shorter, with the values the run has now."""
-    model = f" (now {r.model})" if r.model else ""
+    model = f", now {r.model}" if r.model else ""
     return (f"over {say(LONG_RUN_S)} on a CPU; shorter: fewer epochs (--epochs, now {r.epochs}; "
             f"--llb-epochs), smaller images (--image-size, now {r.image_size}), a smaller "
-            f"model (--model micro or tiny{model}), or a GPU (--device cuda)")
+            f"model (--model{model}; see vit.PRESETS), or a GPU (--device cuda)")
 
 
 def say(seconds: float) -> str:
