@@ -53,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--dataset", choices=data.DATASETS, help="default: synthetic (built in, no download)")
     g("--data-dir", help="root of the dataset's files")
     g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018")
-    g("--image-size", type=int, help=f"default: the weights' crop, else the dataset's "
-      f"({', '.join(f'{k} {v}' for k, v in recipe.NATIVE_SIZE.items())}, else "
-      f"{recipe.PHOTO_SIZE})")
+    sizes = ", ".join(f"{k} {v}" for k, v in recipe.NATIVE_SIZE.items())
+    g("--image-size", type=int, help=f"default: the weights' crop; a folder's median side "
+      f"(util/fit.py); else the dataset's ({sizes}, else {recipe.PHOTO_SIZE})")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
     g("--augment", choices=data.AUGMENTS, help="training augmentation (default: see "
@@ -64,10 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help=f"ViT preset (default: {recipe.DEMO['model']} "
-      f"on synthetic, {recipe.SMALL_PRESET} up to {recipe.SMALL_IMAGE} px, else "
-      f"{recipe.LARGE_PRESET})")
-    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, "
-      f"{recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
+      f"on synthetic; on a folder by its number of images, util/fit.py; {recipe.SMALL_PRESET} "
+      f"up to {recipe.SMALL_IMAGE} px, else {recipe.LARGE_PRESET})")
+    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, by size "
+      f"on a folder, {recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
       "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
@@ -75,10 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--dropout", type=float, help=f"ViT dropout (default {recipe.default_of('dropout')})")
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
     g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1)")
-    g("--num-objects", type=int, help=f"O latent objects (default "
-      f"{recipe.llb_default('num_objects')}; {recipe.DEMO['num_objects']} on synthetic)")
-    g("--llb-depth", type=int, help=f"LLB layers, extractor included "
-      f"(default {recipe.llb_default('depth')})")
+    objects = recipe.llb_default("num_objects")
+    g("--num-objects", type=int, help=f"O latent objects (default {objects}; "
+      f"{recipe.DEMO['num_objects']} on synthetic; per class on a folder, util/fit.py)")
+    g("--llb-depth", type=int, help=f"LLB layers, extractor included (default "
+      f"{recipe.llb_default('depth')}; at most the backbone's on a folder)")
     g("--tau", type=float, help=f"assignment temperature (default {recipe.llb_default('tau')})")
     g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipe.llb_default('alpha')})")
     g("--diversity-weight", type=float,
@@ -365,8 +366,7 @@ def main(argv=None) -> dict | None:
         loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world, workers=args.workers,
                                 device=device, download=args.download)
         real = evaluate.read_real(args, loaders[1])
-        if is_master():  # the run's expected wall time, from a few timed steps
-            estimate.announce(planned, loaders, device, build_model)
+        estimate.announce(planned, loaders, device, build_model)  # rank 0: expected wall time
         for r, folder in planned:
             try:
                 results = run_stage(r, folder, loaders, device, args, real)

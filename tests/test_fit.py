@@ -132,12 +132,12 @@ def test_a_folder_smaller_than_a_batch_trains_and_says_how_long(tmp_path, capsys
 def test_stage_seconds_and_the_timing_leave_the_model_and_rng_alone():
     seconds = estimate.stage_seconds(2.0, epochs=3, steps=10, batch=4, val_images=12)
     assert seconds == pytest.approx(3 * (10 * 2.0 + 3 * 2.0 * estimate.EVAL_COST))
-    model = vit.create_vit("micro", image_size=16, patch_size=4, num_classes=3)
+    model = vit.create_vit("micro", image_size=8, patch_size=4, num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    seconds = [estimate.step_seconds(model, batch=b, image_size=16, num_classes=3,
-                                     device=torch.device("cpu")) for b in (1, 64)]
+    seconds = [estimate.step_seconds(model, batch=b, image_size=8, num_classes=3,
+                                     device=torch.device("cpu")) for b in (1, 1000)]
     assert 0 < seconds[0] < seconds[1] and torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -14,6 +14,7 @@ import time
 import torch
 
 import llb
+from util.distributed import is_master
 
 TIMED_STEPS = 2  # timed steps per stage, after one untimed (warm-up) step
 TIMED_BATCHES = (16, 64)  # images per timed step (at most the batch)
@@ -63,7 +64,10 @@ def stage_seconds(step: float, *, epochs: int, steps: int, batch: int, val_image
 def announce(planned: list, loaders: tuple, device: torch.device, build) -> float:
     """Print the run's expected wall time (and, when long on a CPU, what shortens it); returns
     it in seconds. `build(recipe, num_classes)` builds a stage's model (train.build_model); the
-    LLB stage of vit+llb is timed on a copy of the ViT stage's untrained model."""
+    LLB stage of vit+llb is timed on a copy of the ViT stage's untrained model. Other ranks
+    (DDP) skip it and return 0."""
+    if not is_master():
+        return 0.0
     train_loader, val_loader, info = loaders
     parts = []
     total = 0.0
