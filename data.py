@@ -15,8 +15,9 @@ away most of an image (`basic_steps`): CIFAR and photo sets up to PAD_CROP_UP_TO
 of the image padded by 1/8 of its side (CIFAR's pad-4 crop at 32 px) + flip; larger photos, a
 random-resized crop of at least RESIZED_CROP_SCALE of the area + flip; a folder (whose content is
 unknown: digits and text change class when mirrored) is never flipped; `none` trains on the eval
-framing, and is what a folder trained from scratch gets by default (see default_augment). Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval
-transform of pretrained weights) sizes, interpolation, mean and std come from the weights.
+framing, and is what a folder trained from scratch gets by default (see default_augment).
+Eval = Resize 256 (bicubic) -> CenterCrop 224. With `eval_spec` (the eval transform of
+pretrained weights) sizes, interpolation, mean and std come from the weights.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
@@ -406,7 +407,8 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                          f"{batch_size}, rank={rank}, world_size={world_size}")
     if train and len(dataset) // world_size < batch_size:
         raise ValueError(f"training set of {len(dataset)} images over {world_size} rank(s) is "
-                         f"smaller than one batch of {batch_size}; lower the batch size")
+                         f"smaller than one batch of {batch_size}; lower the batch size (train.py: "
+                         f"--batch-size, or leave it unset on a folder to cap it to the set)")
     if workers is None:
         workers = 0 if getattr(dataset, "in_memory", False) else min(8, os.cpu_count() or 1)
     if train:

@@ -200,7 +200,9 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
                                            default_patch(dataset, values["image_size"]))
     values["llb"] = None
     if stage == "llb":
-        derived = fitted.llb(vit.PRESETS[source["model"]]["depth"], llb_default("depth"))
+        derived = {}
+        if scratch_backbone:  # a ViT from scratch under it: objects and depth from the data
+            derived = fitted.llb(vit.PRESETS[source["model"]]["depth"], llb_default("depth"))
         values["llb"] = llb_options(args, base, demo, derived)
         theirs = (base or {}).get("llb") or {}
         flags = {"num_objects": "num_objects", "depth": "llb_depth"}
