@@ -32,7 +32,7 @@ import llb
 import vit
 from inputs import pretrained
 from plotting import curves
-from util import cli, distributed, evaluate, recipe, rundir
+from util import cli, distributed, estimate, evaluate, recipe, rundir
 from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,
                              model_from_checkpoint, restore, save_checkpoint)
 from util.distributed import is_master
@@ -53,13 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--dataset", choices=data.DATASETS, help="default: synthetic (built in, no download)")
     g("--data-dir", help="root of the dataset's files")
     g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018")
-    g("--image-size", type=int, help=f"default: the weights' crop, else the dataset's "
-      f"({', '.join(f'{k} {v}' for k, v in recipe.NATIVE_SIZE.items())}, else "
-      f"{recipe.PHOTO_SIZE})")
+    sizes = ", ".join(f"{k} {v}" for k, v in recipe.NATIVE_SIZE.items())
+    g("--image-size", type=int, help=f"default: the weights' crop; a folder's median side "
+      f"(util/fit.py); else the dataset's ({sizes}, else {recipe.PHOTO_SIZE})")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
-    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: "
-      "data.default_augment: none on synthetic, paper on released weights, else basic)")
+    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: see "
+      "data.default_augment: paper on weights, none on synthetic or a folder, else basic)")
     g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
       f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
       f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
@@ -67,10 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help=f"ViT preset (default: {recipe.DEMO['model']} "
-      f"on synthetic, {recipe.SMALL_PRESET} up to {recipe.SMALL_IMAGE} px, else "
-      f"{recipe.LARGE_PRESET})")
-    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, "
-      f"{recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
+      f"on synthetic; on a folder by its number of images, util/fit.py; {recipe.SMALL_PRESET} "
+      f"up to {recipe.SMALL_IMAGE} px, else {recipe.LARGE_PRESET})")
+    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, by size "
+      f"on a folder, {recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
       "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see inputs/pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
@@ -79,10 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
     g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1: the "
       "paper's 11 on ViT-B; on other depths our choice, unpublished)")
-    g("--num-objects", type=int, help=f"O latent objects (default "
-      f"{recipe.llb_default('num_objects')}; {recipe.DEMO['num_objects']} on synthetic)")
-    g("--llb-depth", type=int, help=f"LLB layers, extractor included "
-      f"(default {recipe.llb_default('depth')})")
+    objects = recipe.llb_default("num_objects")
+    g("--num-objects", type=int, help=f"O latent objects (default {objects}; "
+      f"{recipe.DEMO['num_objects']} on synthetic; per class on a folder, util/fit.py)")
+    g("--llb-depth", type=int, help=f"LLB layers, extractor included (default "
+      f"{recipe.llb_default('depth')}; at most the backbone's on a folder)")
     g("--tau", type=float, help=f"assignment temperature (default {recipe.llb_default('tau')})")
     g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipe.llb_default('alpha')})")
     g("--diversity-weight", type=float,
@@ -200,8 +201,8 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
     autocast = recipe.autocast(r.amp, device)
     sums = None  # running sums of the loss statistics, on the device
     first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss
-    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
-               disable=not is_master())
+    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}{estimate.left()}",
+               leave=False, disable=not is_master())
     for i, (x, y) in enumerate(bar):
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
@@ -376,6 +377,7 @@ def main(argv=None) -> dict | None:
                                            workers=args.workers, device=device,
                                            download=args.download)
             real = evaluate.read_real(args, loaders[1])
+            estimate.announce(planned, loaders, device, build_model)  # rank 0: expected time
             for r, folder in planned:
                 try:
                     results = run_stage(r, folder, loaders, device, args, real, run)

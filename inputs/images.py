@@ -303,6 +303,28 @@ def build_image_folder(name: str, root: str, *, classes: int | str | None,
     return sets[0], sets[1]
 
 
+def folder_summary(root: str, *, classes: int | str | None, max_per_class: int | None,
+                   sample: int) -> dict | None:
+    """What the training split of root/train/<class>/* holds, read cheaply: the number of
+    images and classes, and the shorter side of up to `sample` images spread evenly over it
+    (from the file headers). None when the folder cannot be read: data.build_datasets then
+    says what is wrong with it."""
+    train = Path(root) / "train"
+    try:
+        chosen = select_classes(_class_folders(train), classes, source=train)
+        files = [f for name in chosen for f in _image_files(train / name, max_per_class)]
+    except (OSError, ValueError):
+        return None
+    if len(chosen) < 2 or not files:
+        return None
+    picked = files[::max(1, len(files) // sample)][:sample]
+    try:
+        sides = [min(image_size(f)) for f in picked]
+    except RuntimeError:
+        return None
+    return dict(images=len(files), classes=len(chosen), sides=sides)
+
+
 # -------------------------------------------------------------------------------- iNat 2018
 def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable,
                    download: bool) -> tuple[ImageFiles, ImageFiles, list[str]]:

@@ -200,9 +200,11 @@ def test_eval_framing_authors_is_resize_256_bicubic_center_crop_224(tmp_path):
 def test_basic_and_none_augmentation_of_photo_sets(tmp_path):
     root = _textured_folder(tmp_path / "f")
     train, val, info = data.build_datasets("folder", str(root), image_size=32)
-    assert info.augment == "basic"  # the default for every set but synthetic
-    assert [type(t).__name__ for t in train.transform.transforms][:2] == [
-        "RandomResizedCrop", "RandomHorizontalFlip"]
+    assert info.augment == "none"  # a folder from scratch: its default
+    train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="basic")
+    # at 32 px: the eval framing, then a crop of it padded by 4 px; a folder is never flipped
+    assert [type(t).__name__ for t in train.transform.transforms][:3] == [
+        "Resize", "CenterCrop", "RandomCrop"]
     draws = torch.stack([train[5][0] for _ in range(4)])
     assert draws.shape == (4, 3, 32, 32) and (draws != draws[:1]).any()
     train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="none")
@@ -383,9 +385,11 @@ def test_decoded_basic_crops_match_the_streamed_ones_for_the_same_seed(tmp_path)
 
 def test_what_cannot_be_decoded_into_one_tensor_streams(tmp_path):
     root = _textured_folder(tmp_path / "f", sizes=((32, 32), (40, 32)))
-    train, val, _ = data.build_datasets("folder", str(root), image_size=32, augment="basic")
-    assert not train.in_memory  # random-resized crops of images of two sizes
-    assert val.in_memory  # the eval framing makes every image 32 x 32
+    train, val, _ = data.build_datasets("folder", str(root), image_size=80, augment="basic")
+    assert not train.in_memory  # above 64 px: random-resized crops of images of two sizes
+    assert val.in_memory  # the eval framing makes every image 80 x 80
+    train, _, _ = data.build_datasets("folder", str(root), image_size=32, augment="basic")
+    assert train.in_memory  # at 32 px: framed once, then padded and cropped
     for c in range(3):  # val: 15 images, train: 18
         os.remove(root / "val" / f"c{c}" / "0.png")
     one_set = 18 * 3 * 32 * 32  # bytes of the 18 train images as uint8 at 32 px

@@ -49,11 +49,11 @@ def test_each_stage_resolves_its_own_defaults():
     assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
     assert (l.defaults, l.lr, l.epochs, l.llb["num_objects"]) == ("llb", 0.002, 4, 64)
     assert l.backbone.endswith(os.path.join("vit", "last.pt")) and l.model is None
-    # a ViT from scratch on a folder of small images: basic augmentation, ViT-Ti/4
+    # a ViT from scratch on a folder of small images it cannot read: no augmentation, ViT-Ti/4
     args = train.parse_args(["--dataset", "folder", "--data-dir", "x", "--image-size", "32",
                              "--method", "vit"])
     (r, _), = recipe.plan(args)
-    assert (r.augment, r.model, r.patch_size, r.lr) == ("basic", "tiny", 4, 1e-3)
+    assert (r.augment, r.model, r.patch_size, r.lr) == ("none", "tiny", 4, 1e-3)
 
 
 def test_the_llb_stage_defaults_to_the_authors_recipe_exactly():

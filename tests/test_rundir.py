@@ -20,7 +20,7 @@ import data
 import make_assignment
 import train
 from inputs import pretrained
-from util import checkpoint, cli, rundir
+from util import cli, rundir
 
 REPO = Path(train.__file__).resolve().parent
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",

@@ -13,7 +13,7 @@ learning-rate schedule sit beside the loop, in train.py.
 """
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import data
 import llb
 import vit
 from inputs import pretrained as pretrained_weights
-from util import distributed
+from util import distributed, fit
 from util.checkpoint import saved_recipe
 
 # Which defaults a stage takes (the `defaults` field of a Recipe):
@@ -44,7 +44,7 @@ STAGE_DEFAULTS = {
 DEMO = dict(epochs=12, llb_epochs=4, llb_lr=1e-3, num_objects=64,  # epochs: of a ViT stage
             model="micro", patch_size=8)  # patch 8: one patch is one cell of the synthetic grid
 NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # the sets' own image sizes
-PHOTO_SIZE = 224  # the input size of other sets, as the paper's
+PHOTO_SIZE = fit.PHOTO_SIZE  # the input size of other sets, as the paper's
 # A ViT from scratch on images of at most SMALL_IMAGE px: the `tiny` preset with patch SMALL_PATCH
 # (a 32 px image is then 8 x 8 patches); on larger images the `base` preset with its own patch.
 SMALL_IMAGE, SMALL_PRESET, SMALL_PATCH, LARGE_PRESET = 64, "tiny", 4, "base"
@@ -100,6 +100,9 @@ class Recipe:
     amp: str = "off"  # autocast dtype for training: bf16, fp16 (with loss scaling) or off
     eval_amp: bool = True  # evaluate under autocast too (False: fp32, as the authors)
     seed: int = 0  # model init, data order, augmentations
+    # where the values not given came from, when not from a fixed default (util/fit.py), e.g.
+    # {"image_size": "median side 25 px of 160 images"}: printed, never compared on --resume
+    origin: dict = field(default_factory=dict)
 
     @property
     def global_batch(self) -> int:
@@ -107,8 +110,10 @@ class Recipe:
 
     def describe(self) -> str:
         """The recipe as printed at start: one `name value` pair per field, grouped."""
-        pairs = [f"{k}={v}" for k, v in asdict(self).items() if k != "llb" and v is not None]
-        pairs += [f"llb.{k}={v}" for k, v in (self.llb or {}).items()]
+        said = {k: f" ({why})" for k, why in self.origin.items()}
+        pairs = [f"{k}={v}{said.get(k, '')}" for k, v in asdict(self).items()
+                 if k not in ("llb", "origin") and v is not None]
+        pairs += [f"llb.{k}={v}{said.get(k, '')}" for k, v in (self.llb or {}).items()]
         lines = []
         line = "recipe:"
         for pair in pairs:  # wrapped at 100 characters
@@ -170,8 +175,25 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
     values["epochs"] = pick("epochs", demo_epochs if demo else default_of("epochs"))
     if demo and stage == "llb":
         values["lr"] = pick("lr", DEMO["llb_lr"])
+    # a folder or an ImageNet subset from scratch: sizes from the data (util/fit.py), after the
+    # command line and the checkpoint; a stage on a backbone keeps the backbone's input size
+    scratch_backbone = stage == "llb" and bool((source or {}).get("model"))
+    fitted = fit.fit(values, from_weights=from_weights and not scratch_backbone,
+                     size_given=given.get("image_size"))
+    origin = {}
+
+    def pick_fitted(name: str, value, fallback):
+        """pick(), with the data's value (and where it came from) before the fixed fallback."""
+        if value is None or name in given or (base and name in base):
+            return pick(name, fallback)
+        origin[name] = fitted.origin[name]
+        return value
+
+    if fitted.batch_cap is not None and fitted.batch_cap < values["batch_size"]:
+        values["batch_size"] = pick_fitted("batch_size", fitted.batch_cap, values["batch_size"])
     # data: the input size and augmentation follow the weights the stage starts from
-    values["image_size"] = pick("image_size", native_size(dataset, pretrained, source))
+    values["image_size"] = pick_fitted("image_size", None if stage == "llb" else fitted.image_size,
+                                       native_size(dataset, pretrained, source))
     values["augment"] = pick("augment", data.default_augment(
         dataset, pretrained=bool(pretrained), backbone_augment=(source or {}).get("augment")))
     # model: a preset when training from scratch, else what the weights define
@@ -179,16 +201,27 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
     values["model"] = None
     values["patch_size"] = None
     if not from_weights:
-        values["model"] = pick("model", default_preset(dataset, values["image_size"]))
-        values["patch_size"] = pick("patch_size", default_patch(dataset, values["image_size"]))
-    values["llb"] = llb_options(args, base, demo) if stage == "llb" else None
+        values["model"] = pick_fitted("model", fitted.model,
+                                      default_preset(dataset, values["image_size"]))
+        values["patch_size"] = pick_fitted("patch_size", fitted.patch_size,
+                                           default_patch(dataset, values["image_size"]))
+    values["llb"] = None
+    if stage == "llb":
+        derived = {}
+        if scratch_backbone:  # a ViT from scratch under it: objects and depth from the data
+            derived = fitted.llb(vit.PRESETS[source["model"]]["depth"], llb_default("depth"))
+        values["llb"] = llb_options(args, base, demo, derived)
+        theirs = (base or {}).get("llb") or {}
+        flags = {"num_objects": "num_objects", "depth": "llb_depth"}
+        origin |= {k: fitted.origin[k] for k in derived
+                   if getattr(args, flags[k]) is None and k not in theirs}
     if values["warmup_epochs"] > values["epochs"]:  # 1e308 would overflow the step count
         raise ValueError(f"the {stage} stage's warmup of {values['warmup_epochs']:g} epochs is "
                          f"longer than its {values['epochs']} epochs: lower --warmup-epochs")
     if values["min_lr"] > values["lr"]:
         raise ValueError(f"the {stage} stage's floor of the learning rate, {values['min_lr']:g}, "
                          f"is above its peak {values['lr']:g}: lower --min-lr or raise --lr")
-    return Recipe(stage=stage, defaults=defaults, **values)
+    return Recipe(stage=stage, defaults=defaults, origin=origin, **values)
 
 
 def native_size(dataset: str, pretrained: str | None, source: dict | None) -> int:
@@ -214,8 +247,9 @@ def default_patch(dataset: str, image_size: int) -> int | None:
     return SMALL_PATCH if image_size <= SMALL_IMAGE else None
 
 
-def llb_options(args, base: dict | None, demo: bool) -> dict:
-    """LLBConfig fields: the command line, else the resumed checkpoint's, else LLBConfig's."""
+def llb_options(args, base: dict | None, demo: bool, derived: dict | None = None) -> dict:
+    """LLBConfig fields: the command line, else the resumed checkpoint's, else `derived` (the
+    data's num_objects and depth, util/fit.py), else LLBConfig's."""
     names = {"layer": "layer", "num_objects": "num_objects", "depth": "llb_depth", "tau": "tau",
              "alpha": "alpha", "diversity_weight": "diversity_weight",
              "diversity_mode": "diversity_mode", "pos_embed": "pos_embed"}
@@ -223,13 +257,14 @@ def llb_options(args, base: dict | None, demo: bool) -> dict:
                 "integrate": "no_integrate", "freeze_backbone": "unfreeze"}
     theirs = (base or {}).get("llb") or {}
     options = {}
-    for field, flag in names.items():
+    for name, flag in names.items():
         value = getattr(args, flag)
-        fallback = DEMO["num_objects"] if field == "num_objects" and demo else llb_default(field)
-        options[field] = value if value is not None else theirs.get(field, fallback)
-    for field, flag in switches.items():  # --no-X / --unfreeze turn a default-True switch off
+        fallback = DEMO["num_objects"] if name == "num_objects" and demo else llb_default(name)
+        fallback = (derived or {}).get(name, fallback)
+        options[name] = value if value is not None else theirs.get(name, fallback)
+    for name, flag in switches.items():  # --no-X / --unfreeze turn a default-True switch off
         value = getattr(args, flag)
-        options[field] = (not value) if value is not None else theirs.get(field, True)
+        options[name] = (not value) if value is not None else theirs.get(name, True)
     return options
 
 
@@ -335,7 +370,7 @@ def check_resume(recipe: Recipe, saved: dict, path) -> None:
     # a field newer than the checkpoint (e.g. eval_framing) counts as its default there
     saved = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING} | saved
     differ = [f"{k}: checkpoint {saved.get(k)!r}, this command {mine[k]!r}" for k in mine
-              if k not in SAFE_TO_CHANGE and saved.get(k) != mine[k]]
+              if k not in SAFE_TO_CHANGE + ("origin",) and saved.get(k) != mine[k]]
     if differ:
         raise ValueError(f"--resume: {path} was trained with other options, and resuming would "
                          f"mix two recipes: {'; '.join(differ)}. Drop those options (unset "
