@@ -52,13 +52,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
 from inputs import images
 from plotting import plots
-from util import checkpoint, cli, evaluate, recipe, rundir
+from util import checkpoint, checks, cli, evaluate, measures, recipe, rundir
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
@@ -75,82 +74,6 @@ SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head re
 
 
 # ----------------------------------------------------------------------------- measures
-def class_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean feature of each class, (K, D); NaN rows for classes without any sample."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-    sums.index_add_(0, labels, features.double())
-    counts = torch.bincount(labels, minlength=num_classes).double()[:, None]
-    return (sums / counts).float()  # 0 / 0 = NaN for empty classes
-
-
-def cosine_matrix(centroids: torch.Tensor) -> torch.Tensor:
-    """(K, K) cosine similarity of the rows; NaN rows give NaN rows and columns."""
-    unit = F.normalize(centroids, dim=1)
-    return unit @ unit.T
-
-
-def class_order(num_classes: int, coarse_of_class: list | None = None) -> list[int]:
-    """Class ids grouped by superclass (stable: class id order inside each), else 0..K-1."""
-    if coarse_of_class is None:
-        return list(range(num_classes))
-    return sorted(range(num_classes), key=lambda c: coarse_of_class[c])
-
-
-def superclass_similarity(sim: torch.Tensor, coarse_of_class: list) -> dict:
-    """Mean of sim over off-diagonal class pairs within one superclass and across superclasses
-    (NaN entries skipped; None where there is no such pair)."""
-    coarse = torch.as_tensor(coarse_of_class)
-    same = coarse[:, None] == coarse[None, :]
-    off = ~torch.eye(len(coarse), dtype=torch.bool) & ~sim.isnan()
-
-    def mean(mask):
-        return sim[mask].double().mean().item() if mask.any() else None
-    return {"within": mean(same & off), "across": mean(~same & off)}
-
-
-def pca_2d(centroids: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-    """The rows (K, D), each scaled to unit length (the cosine geometry of the heatmaps), centred
-    and projected on their first two principal axes: (K, 2) (NaN rows stay NaN, and are left
-    out of the fit) and the share of the variance of each axis. Signs: each axis points to the
-    row with the largest |coordinate| on it."""
-    unit = F.normalize(centroids.double(), dim=1)
-    present = ~unit.isnan().any(dim=1)
-    x = unit[present] - unit[present].mean(dim=0)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    axes = vh[:2]  # (2, D); fewer than 2 rows give fewer axes: padded with zeros
-    axes = torch.cat([axes, axes.new_zeros(2 - len(axes), axes.shape[1])])
-    coords = x @ axes.T  # (n, 2)
-    flip = coords.gather(0, coords.abs().argmax(dim=0, keepdim=True)).sign()  # (1, 2)
-    coords = coords * torch.where(flip == 0, 1.0, flip)
-    variance = s.square()
-    share = (variance[:2] / variance.sum().clamp_min(1e-300)).tolist()
-    out = torch.full((len(unit), 2), float("nan"), dtype=torch.float64)
-    out[present] = coords
-    return out.float(), share + [0.0] * (2 - len(share))
-
-
-def object_usage(argmax_counts: torch.Tensor, mean_assign: torch.Tensor) -> dict:
-    """Objects used as some patch's argmax, and the perplexity exp(H(p~)) of the mean assignment
-    p~ (1 when every patch picks one object, k when p~ is uniform over k objects)."""
-    p = mean_assign.double() / mean_assign.sum()
-    entropy = -(p * p.clamp_min(1e-300).log()).sum()
-    return {"num_objects": len(argmax_counts), "used": int((argmax_counts > 0).sum()),
-            "perplexity": math.exp(entropy.item())}
-
-
-def agreement(scores_v: torch.Tensor, scores_n: torch.Tensor, target: torch.Tensor) -> dict:
-    """Counts and % of images both heads get right, only the visual (p_V), only the non-visual
-    (p_N), neither. Scores (B, K) or already predicted class ids (B,)."""
-    v = (scores_v.argmax(1) if scores_v.ndim == 2 else scores_v) == target
-    n = (scores_n.argmax(1) if scores_n.ndim == 2 else scores_n) == target
-    masks = {"both_right": v & n, "only_visual": v & ~n, "only_nonvisual": ~v & n,
-             "both_wrong": ~v & ~n}
-    counts = {k: int(m.sum()) for k, m in masks.items()}
-    total = len(target)
-    percent = {k: 100 * c / total for k, c in counts.items()}
-    return {"counts": counts, "percent": percent, "total": total}
-
-
 def object_colours(counts: torch.Tensor) -> torch.Tensor:
     """uint8 (O, 3): the object of usage rank r (ties by id) gets Kelly colour r for r < 20,
     else a golden-angle hue: fixed for a run, distinct for the most used objects."""
@@ -294,7 +217,7 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
     panels = []
     shares = {}
     for space, (feature, where) in SPACES.items():
-        points, share = pca_2d(centroids[space])
+        points, share = measures.pca_2d(centroids[space])
         shares[space] = share
         panels.append({"points": points[present], "title": f"{feature}: {where.split(':')[0]}",
                        "x_title": f"PC1 ({100 * share[0]:.0f}% of variance)",
@@ -328,23 +251,23 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
     y = c["y"]
     num_classes = info.num_classes
     num_objects = model.config.num_objects
-    usage = object_usage(c["object_counts"], c["assign_sum"])
+    usage = measures.object_usage(c["object_counts"], c["assign_sum"])
     latent_objects_picture(c, info=info, checkpoint_path=checkpoint_path, num_objects=num_objects,
                            usage=usage, run_dir=run_dir)
 
     # class centroids in the visual and non-visual spaces
-    order = class_order(num_classes, info.coarse_of_class)
+    order = measures.class_order(num_classes, info.coarse_of_class)
     mean_sim = {}
     superclass = {} if info.coarse_of_class else None
     centroids = {}
     for space, (feature, _) in SPACES.items():
-        centroids[space] = class_centroids(c[feature], y, num_classes)
-        sim = cosine_matrix(centroids[space])
+        centroids[space] = measures.class_centroids(c[feature], y, num_classes)
+        sim = measures.cosine_matrix(centroids[space])
         off = ~torch.eye(num_classes, dtype=torch.bool) & ~sim.isnan()
         mean_sim[space] = sim[off].double().mean().item() if off.any() else None
         within_across = None
         if superclass is not None:
-            within_across = superclass_similarity(sim, info.coarse_of_class)
+            within_across = measures.superclass_similarity(sim, info.coarse_of_class)
             superclass[space] = within_across
         centroid_picture(sim, space=space, info=info, checkpoint_path=checkpoint_path, order=order,
                          superclass=within_across, run_dir=run_dir)
@@ -352,7 +275,7 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
                                      run_dir=run_dir)
 
     # agreement of the heads
-    agree = agreement(c["pred_v"], c["pred_n"], y)
+    agree = measures.agreement(c["pred_v"], c["pred_n"], y)
     top1 = {h: 100 * (c[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
     groups = [info.coarse_of_class[k] for k in order] if info.coarse_of_class else None
     coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
@@ -410,7 +333,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device is None:
         args.device = recipe.default_device()
-    problem = recipe.out_of_range(args)
+    problem = checks.out_of_range(args)
     if problem:
         p.error(problem)
     return args

@@ -50,7 +50,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 import llb
 import vit
 from inputs import pretrained
-from util import cli, recipe
+from util import checks, cli, recipe
 
 MODELS = ("vit", "torchvision_vit", "llb")
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-4, 0.05, 1000
@@ -344,7 +344,7 @@ def parse_args(argv=None):
         args.amp = recipe.default_amp(args.device)
     if args.batch_size is None:
         args.batch_size = 128 if args.device == "cuda" else 8
-    problem = recipe.out_of_range(args)
+    problem = checks.out_of_range(args)
     if problem:
         p.error(problem)
     if args.pretrained and (args.model or args.patch_size):

@@ -32,7 +32,7 @@ import llb
 import vit
 from inputs import pretrained
 from plotting import curves
-from util import cli, distributed, estimate, evaluate, recipe, rundir
+from util import checks, cli, distributed, estimate, evaluate, recipe, rundir
 from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,
                              model_from_checkpoint, restore, save_checkpoint)
 from util.distributed import is_master
@@ -126,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--eval-only", metavar="CKPT", help="evaluate a checkpoint and exit")
     g("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    problem = recipe.check_options(args)
+    problem = checks.check_options(args)
     if problem:
         p.error(problem)
     recipe.resolve_runtime(args)

@@ -5,8 +5,7 @@
                                  interpolation, mean, std (what data.py's eval_spec takes)
     num_classes(name) -> int     classes of the released head
     architecture(name) -> dict   ViTConfig fields of the weights: vit.ViT(**architecture(name))
-    from_torchvision(model_or_state, **overrides), from_timm(state, **overrides),
-    from_mae(ckpt, **overrides)  the converters, for any file of these layouts
+    from_torchvision(...), from_timm(...), from_mae(...)  converters, for any file of their layout
 
 Names: torchvision "ARCH:WEIGHTS" (e.g. "vit_b_16:IMAGENET1K_SWAG_E2E_V1") and MAE's
 "mae:vit_base_patch16" / "mae:vit_large_patch16" download into torch.hub's cache (or take
@@ -14,8 +13,7 @@ weights_file); "timm:TAG" (the tags of _TIMM below) are on the Hugging Face hub 
 `overrides` are ViTConfig fields: `image_size` (the position embedding is interpolated as the
 weights' own library does), `num_classes` (a new zero-initialised head), dropout rates; the file
 itself must hold the named weights (size, depth, classes, pooling). Files: .pth/.bin through
-torch.load(weights_only=True), .safetensors with the safetensors package. timm's and MAE's
-layouts are read without importing timm (the tests use timm as the oracle).
+torch.load(weights_only=True), .safetensors with safetensors; timm itself is never imported.
 """
 import math
 import os

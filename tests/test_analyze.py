@@ -15,6 +15,7 @@ import data
 import train
 from inputs import images
 from plotting import plots
+from util import measures
 
 O = 16  # latent objects of the tiny run
 
@@ -81,7 +82,7 @@ def test_analyze_end_to_end(run_dir):
     for value in saved["mean_centroid_similarity"].values():
         assert -1 <= value <= 1
     info = data.build_datasets("synthetic", max_per_class=1)[2]
-    order = analyze.class_order(10, info.coarse_of_class)
+    order = measures.class_order(10, info.coarse_of_class)
     assert saved["heatmap_classes"] == [info.class_names[c] for c in order]
     if info.coarse_of_class is None:
         assert saved["superclass_similarity"] is None
@@ -105,41 +106,41 @@ def test_centroids_and_superclass_similarity():
         centre[c, coarse[c]], centre[c, 2 + c] = 1.0, b
     labels = torch.tensor([0, 1, 2, 3] * 2)
     features = centre[labels] + d * torch.tensor([1.0] * 4 + [-1.0] * 4)[:, None] * torch.eye(8)[7]
-    cent = analyze.class_centroids(features, labels, 5)
+    cent = measures.class_centroids(features, labels, 5)
     assert torch.allclose(cent[:4], centre[:4]) and cent[4].isnan().all()
-    sim = analyze.cosine_matrix(cent)
+    sim = measures.cosine_matrix(cent)
     assert sim[0, 1].item() == pytest.approx(1 / (1 + b * b))
     assert sim[0, 2].item() == pytest.approx(0, abs=1e-7)
     assert sim[4].isnan().all() and sim[:, 4].isnan().all()
-    result = analyze.superclass_similarity(sim, coarse)
+    result = measures.superclass_similarity(sim, coarse)
     assert result["within"] == pytest.approx(1 / (1 + b * b))
     assert result["across"] == pytest.approx(0, abs=1e-7)
-    assert analyze.superclass_similarity(sim[:3, :3], [0, 1, 2])["within"] is None  # no such pair
+    assert measures.superclass_similarity(sim[:3, :3], [0, 1, 2])["within"] is None  # no such pair
 
 
 def test_class_order():
-    assert analyze.class_order(5, [1, 0, 1, 0, 2]) == [1, 3, 0, 2, 4]
-    assert analyze.class_order(3) == [0, 1, 2]
+    assert measures.class_order(5, [1, 0, 1, 0, 2]) == [1, 3, 0, 2, 4]
+    assert measures.class_order(3) == [0, 1, 2]
 
 
 def test_agreement():
     target = torch.tensor([0, 1, 2, 0, 1])
     logits_v = torch.eye(3)[[0, 1, 0, 1, 1]]  # right: 0, 1, 4
     logits_n = torch.eye(3)[[0, 0, 2, 1, 1]]  # right: 0, 2, 4
-    r = analyze.agreement(logits_v, logits_n, target)
+    r = measures.agreement(logits_v, logits_n, target)
     assert r["counts"] == {"both_right": 2, "only_visual": 1, "only_nonvisual": 1, "both_wrong": 1}
     assert r["percent"]["both_right"] == pytest.approx(40) and r["total"] == 5
-    assert analyze.agreement(logits_v.argmax(1), logits_n.argmax(1), target) == r  # ids work too
+    assert measures.agreement(logits_v.argmax(1), logits_n.argmax(1), target) == r  # ids work too
 
 
 def test_object_usage():
     counts = torch.tensor([5, 0, 3, 0, 2, 0])
     uniform = torch.tensor([1.0, 0, 1, 0, 1, 0]) * 7  # uniform over 3 objects (unnormalized sum)
-    r = analyze.object_usage(counts, uniform)
+    r = measures.object_usage(counts, uniform)
     assert r == {"num_objects": 6, "used": 3, "perplexity": pytest.approx(3)}
-    assert analyze.object_usage(counts, torch.eye(6)[2])["perplexity"] == pytest.approx(1)
+    assert measures.object_usage(counts, torch.eye(6)[2])["perplexity"] == pytest.approx(1)
     half = torch.tensor([0.5, 0.25, 0.25, 0, 0, 0])  # H = 1.5 log 2
-    assert analyze.object_usage(counts, half)["perplexity"] == pytest.approx(2 ** 1.5)
+    assert measures.object_usage(counts, half)["perplexity"] == pytest.approx(2 ** 1.5)
 
 
 def test_object_colours():
@@ -242,7 +243,7 @@ def test_pca_2d_recovers_a_planar_layout():
     centroids = torch.zeros(5, 6)
     centroids[:4, 0], centroids[:4, 1] = 3 * angles.cos(), 3 * angles.sin()  # scale: no effect
     centroids[4] = float("nan")
-    points, share = analyze.pca_2d(centroids)
+    points, share = measures.pca_2d(centroids)
     assert points[4].isnan().all() and sum(share) == pytest.approx(1)
     unit = torch.nn.functional.normalize(centroids[:4], dim=1)
     assert torch.allclose(torch.cdist(points[:4], points[:4]), torch.cdist(unit, unit), atol=1e-5)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import data
-from inputs import synthetic
+from inputs import named_sets, synthetic
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -308,7 +308,7 @@ def test_distributed_eval_shards_are_disjoint_and_cover_everything():
 
 
 # ----------------------------------------------------------------------------- ImageNet-ReaL
-NUMBER_OF_CLASS = [(7919 * k) % data.REAL_IMAGES + 1 for k in range(1000)]  # distinct, shuffled
+NUMBER_OF_CLASS = [(7919 * k) % named_sets.REAL_IMAGES + 1 for k in range(1000)]  # distinct, shuffled
 
 
 @pytest.fixture
@@ -321,7 +321,7 @@ def imagenet_real(tmp_path):
     root = tmp_path / "imagenet"
     jpeg = tmp_path / "tiny.jpg"
     Image.new("RGB", (4, 4), (90, 120, 30)).save(jpeg, "JPEG")
-    entries = [[] for _ in range(data.REAL_IMAGES)]
+    entries = [[] for _ in range(named_sets.REAL_IMAGES)]
     for k in range(1000):
         wnid = f"n{1000000 + k:08d}"
         for split, file in (("train", "a.JPEG"),
@@ -337,15 +337,15 @@ def imagenet_real(tmp_path):
 def test_real_labels_follow_the_file_numbers_and_score_a_known_answer(imagenet_real):
     root, real_json, entries = imagenet_real
     _, val, _ = data.build_datasets("imagenet", str(root), image_size=4, decode_budget_bytes=0)
-    labels = data.read_real_labels(real_json, val)
+    labels = named_sets.read_real_labels(real_json, val)
     assert labels == [entries[NUMBER_OF_CLASS[k] - 1] for k in val.targets]
     assert labels[150] == [150] and labels[42] == [] and labels[700] == [701, 702]
     # predicting the folder label is right for 100 <= k < 600; classes k < 100 are not counted
-    assert data.real_hits(torch.tensor(val.targets), labels) == (500, 900)
-    assert data.real_hits(torch.tensor([3, 5, 7, 1]), [[3], [], [6, 7], [2]]) == (2, 3)
+    assert named_sets.real_hits(torch.tensor(val.targets), labels) == (500, 900)
+    assert named_sets.real_hits(torch.tensor([3, 5, 7, 1]), [[3], [], [6, 7], [2]]) == (2, 3)
     with pytest.raises(ValueError, match=r"one predicted class per image: pred of shape "
                                          r"\(2, 2\) for 4 label lists"):
-        data.real_hits(torch.zeros(2, 2), [[3], [], [6, 7], [2]])
+        named_sets.real_hits(torch.zeros(2, 2), [[3], [], [6, 7], [2]])
 
 
 def test_real_labels_errors(imagenet_real, tmp_path):
@@ -355,31 +355,31 @@ def test_real_labels_errors(imagenet_real, tmp_path):
                                        decode_budget_bytes=0)
     with pytest.raises(ValueError, match=r"all 1000 ImageNet classes in wnid-sorted order, but "
                                          r"this validation set has 2 classes.*no --classes"):
-        data.read_real_labels(real_json, subset)
+        named_sets.read_real_labels(real_json, subset)
     reordered = tmp_path / "reordered.txt"
     reordered.write_text("\n".join(reversed(val.class_names)))
     _, shuffled, _ = data.build_datasets("imagenet", str(root), image_size=4,
                                          classes=str(reordered), decode_budget_bytes=0)
     with pytest.raises(ValueError, match=r"wnid-sorted order, but this validation set has 1000"):
-        data.read_real_labels(real_json, shuffled)
+        named_sets.read_real_labels(real_json, shuffled)
     renamed = val.samples[3][0].replace(os.path.basename(val.samples[3][0]), "photo.JPEG")
     val.samples[3] = (renamed, val.samples[3][1])
     with pytest.raises(ValueError, match=rf"validation image {renamed} is not named "
                                          r"ILSVRC2012_val_00000001\.JPEG"):
-        data.read_real_labels(real_json, val)
+        named_sets.read_real_labels(real_json, val)
     entries[17] = [4, 1000]
     (tmp_path / "bad_label.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"bad_label\.json: entry 17 holds label 1000, outside "
                                          r"the 1000 ImageNet classes"):
-        data.read_real_labels(tmp_path / "bad_label.json", val)
+        named_sets.read_real_labels(tmp_path / "bad_label.json", val)
     (tmp_path / "short.json").write_text(json.dumps(entries[:-1]))
     with pytest.raises(ValueError, match=r"short\.json must be a JSON list of 50000 lists"):
-        data.read_real_labels(tmp_path / "short.json", val)
+        named_sets.read_real_labels(tmp_path / "short.json", val)
     (tmp_path / "text.json").write_text("not json")
     with pytest.raises(ValueError, match=r"text\.json is not JSON .*reassessed-imagenet"):
-        data.read_real_labels(tmp_path / "text.json", val)
+        named_sets.read_real_labels(tmp_path / "text.json", val)
     with pytest.raises(FileNotFoundError, match=r"absent\.json does not exist; download real"):
-        data.read_real_labels(tmp_path / "absent.json", val)
+        named_sets.read_real_labels(tmp_path / "absent.json", val)
 
 
 def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tmp_path):
@@ -403,7 +403,7 @@ def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tm
     assert results["top1_real_visual"] == pytest.approx(100 * 2 / 900)
     # two ranks' shards (rank::2), evaluated apart: their ReaL counts add up to the whole
     _, val, _ = data.build_datasets("imagenet", str(root), image_size=32)
-    real = data.read_real_labels(real_json, val)
+    real = named_sets.read_real_labels(real_json, val)
     counted = 0
     hits = 0
     for rank in (0, 1):

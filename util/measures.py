@@ -1,0 +1,83 @@
+"""What analyze.py measures on the features and predictions it collects: class centroids and
+their cosine similarities, within- versus across-superclass similarity, a 2-D PCA of the
+centroids, latent-object usage, and the agreement of two heads. Plain torch, no pictures."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def class_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean feature of each class, (K, D); NaN rows for classes without any sample."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, labels, features.double())
+    counts = torch.bincount(labels, minlength=num_classes).double()[:, None]
+    return (sums / counts).float()  # 0 / 0 = NaN for empty classes
+
+
+def cosine_matrix(centroids: torch.Tensor) -> torch.Tensor:
+    """(K, K) cosine similarity of the rows; NaN rows give NaN rows and columns."""
+    unit = F.normalize(centroids, dim=1)
+    return unit @ unit.T
+
+
+def class_order(num_classes: int, coarse_of_class: list | None = None) -> list[int]:
+    """Class ids grouped by superclass (stable: class id order inside each), else 0..K-1."""
+    if coarse_of_class is None:
+        return list(range(num_classes))
+    return sorted(range(num_classes), key=lambda c: coarse_of_class[c])
+
+
+def superclass_similarity(sim: torch.Tensor, coarse_of_class: list) -> dict:
+    """Mean of sim over off-diagonal class pairs within one superclass and across superclasses
+    (NaN entries skipped; None where there is no such pair)."""
+    coarse = torch.as_tensor(coarse_of_class)
+    same = coarse[:, None] == coarse[None, :]
+    off = ~torch.eye(len(coarse), dtype=torch.bool) & ~sim.isnan()
+
+    def mean(mask):
+        return sim[mask].double().mean().item() if mask.any() else None
+    return {"within": mean(same & off), "across": mean(~same & off)}
+
+
+def pca_2d(centroids: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """The rows (K, D), each scaled to unit length (the cosine geometry of the heatmaps), centred
+    and projected on their first two principal axes: (K, 2) (NaN rows stay NaN, and are left
+    out of the fit) and the share of the variance of each axis. Signs: each axis points to the
+    row with the largest |coordinate| on it."""
+    unit = F.normalize(centroids.double(), dim=1)
+    present = ~unit.isnan().any(dim=1)
+    x = unit[present] - unit[present].mean(dim=0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    axes = vh[:2]  # (2, D); fewer than 2 rows give fewer axes: padded with zeros
+    axes = torch.cat([axes, axes.new_zeros(2 - len(axes), axes.shape[1])])
+    coords = x @ axes.T  # (n, 2)
+    flip = coords.gather(0, coords.abs().argmax(dim=0, keepdim=True)).sign()  # (1, 2)
+    coords = coords * torch.where(flip == 0, 1.0, flip)
+    variance = s.square()
+    share = (variance[:2] / variance.sum().clamp_min(1e-300)).tolist()
+    out = torch.full((len(unit), 2), float("nan"), dtype=torch.float64)
+    out[present] = coords
+    return out.float(), share + [0.0] * (2 - len(share))
+
+
+def object_usage(argmax_counts: torch.Tensor, mean_assign: torch.Tensor) -> dict:
+    """Objects used as some patch's argmax, and the perplexity exp(H(p~)) of the mean assignment
+    p~ (1 when every patch picks one object, k when p~ is uniform over k objects)."""
+    p = mean_assign.double() / mean_assign.sum()
+    entropy = -(p * p.clamp_min(1e-300).log()).sum()
+    return {"num_objects": len(argmax_counts), "used": int((argmax_counts > 0).sum()),
+            "perplexity": math.exp(entropy.item())}
+
+
+def agreement(scores_v: torch.Tensor, scores_n: torch.Tensor, target: torch.Tensor) -> dict:
+    """Counts and % of images both heads get right, only the visual (p_V), only the non-visual
+    (p_N), neither. Scores (B, K) or already predicted class ids (B,)."""
+    v = (scores_v.argmax(1) if scores_v.ndim == 2 else scores_v) == target
+    n = (scores_n.argmax(1) if scores_n.ndim == 2 else scores_n) == target
+    masks = {"both_right": v & n, "only_visual": v & ~n, "only_nonvisual": ~v & n,
+             "both_wrong": ~v & ~n}
+    counts = {k: int(m.sum()) for k, m in masks.items()}
+    total = len(target)
+    percent = {k: 100 * c / total for k, c in counts.items()}
+    return {"counts": counts, "percent": percent, "total": total}
