@@ -237,7 +237,8 @@ class LLB(nn.Module):
         # LLB step 3: feat_n = LN(c_n), token 0 after g, on every backbone. On an average-pooling
         # backbone (MAE) too: only the visual head pools there. The authors' MAE model is built
         # with global_pool=True and its branch tests global_pool == 'avg', which a bool never
-        # equals, so it reads token 0 after its LayerNorm as here (checked with equal weights).
+        # equals, so it reads token 0 after its LayerNorm as here (with equal weights the two agree,
+        # as checked when this was filed against GIST-IRR/LLB).
         return self.norm(s[:, 0])  # (B, D)
 
     def integrate(self, logits_v: torch.Tensor, logits_n: torch.Tensor) -> torch.Tensor:

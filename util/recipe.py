@@ -46,7 +46,8 @@ NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}  # the sets' own 
 PHOTO_SIZE = fit.PHOTO_SIZE  # the input size of other sets, as the paper's
 # A ViT from scratch on images of at most SMALL_IMAGE px: the `tiny` preset with patch SMALL_PATCH
 # (a 32 px image is then 8 x 8 patches); on larger images the `base` preset with its own patch.
-SMALL_IMAGE, SMALL_PRESET, SMALL_PATCH, LARGE_PRESET = 64, "tiny", 4, "base"
+SMALL_IMAGE, SMALL_PATCH = fit.PATCH_BY_SIZE[0]  # the same small-image rule as a folder's
+SMALL_PRESET, LARGE_PRESET = "tiny", fit.LARGE_PRESET
 # Memory of one synthetic image while the set is generated (float32, 3 x 32 x 32)
 SYNTHETIC_IMAGE_BYTES = 4 * 3 * 32 * 32
 # Fields a resumed run may change: where files are, not what is trained.
