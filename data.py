@@ -19,6 +19,12 @@ Resize 256 (bicubic) -> CenterCrop 224, or with `eval_spec` the released weights
 interpolation, mean and std; `eval_framing="authors"` evaluates on Resize authors_resize(crop)
 bicubic -> CenterCrop instead.
 
+Files are decoded to uint8 tensors (`pipeline="tensor"`, images.load_uint8: torchvision.io for
+JPEG) and framed by v2's uint8 tensor kernels; RandAugment runs on a PIL view (AsPIL); the last
+step converts to float and normalizes in one pass (ToNormalized). Per loader core this is about
+3x the PIL pipeline (`pipeline="pil"`, images.load_rgb, all steps on PIL images), with the pixels
+within about one uint8 level of it (`python benchmark_data.py --jpeg`, docs/performance.md).
+
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
 epoch then decodes nothing and its loader defaults to 0 workers; larger sets stream, decoding
@@ -35,10 +41,13 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from inputs.images import build_image_folder, build_inat2018, decode_within_budget
+from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
+                           load_uint8)
 from inputs.named_sets import build_cifar, build_places365
 from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN,
                               SYNTHETIC_STD, SyntheticObjects)
@@ -48,6 +57,9 @@ AUGMENTS = ("paper", "basic", "none")
 # Evaluation framing: "weights" (the weights' own eval transform, e.g. AugReg's Resize 248) or
 # "authors" (their dataset/__init__.py: Resize 256 bicubic -> CenterCrop 224; SWAG 384 -> 384)
 EVAL_FRAMINGS = ("weights", "authors")
+# How image files become tensors: decoded to uint8 tensors and framed by v2's tensor kernels
+# ("tensor"), or decoded and framed as PIL images ("pil", torchvision's reference pipeline)
+PIPELINES = {"tensor": load_uint8, "pil": load_rgb}
 # The authors' resize before the center crop, per crop size (their dataset/__init__.py). Other
 # crop sizes keep the 256 / 224 ratio (our choice: the authors trained at 224 and 384 only).
 AUTHORS_RESIZE = {224: 256, 384: 384}
@@ -78,6 +90,39 @@ class DataInfo:
 
 
 # ----------------------------------------------------------------------------------- transforms
+class AsPIL(torch.nn.Module):
+    """Runs `transform` on a PIL image: a uint8 tensor (3, H, W) goes there and back (~0.2 ms at
+    224 px). RandAugment's PIL ops are 2-10x faster per core than v2's uint8 tensor kernels."""
+
+    def __init__(self, transform: torch.nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, image):
+        if not isinstance(image, torch.Tensor):
+            return self.transform(image)
+        pil = Image.fromarray(image.permute(1, 2, 0).numpy())  # (H, W, 3) uint8
+        return TF.pil_to_tensor(self.transform(pil))  # (3, H, W) uint8
+
+
+class ToNormalized(torch.nn.Module):
+    """uint8 (3, H, W) -> float32 (x / 255 - mean) / std, in one pass: the same values as v2's
+    ToDtype(scale=True) -> Normalize (within 1e-6), about 4x faster per image."""
+
+    def __init__(self, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.shift = torch.tensor(mean).view(3, 1, 1) * 255  # mean in uint8 levels, (3, 1, 1)
+        self.scale = 1 / (torch.tensor(std).view(3, 1, 1) * 255)  # (3, 1, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float().sub_(self.shift).mul_(self.scale)  # (3, H, W) float32
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
 def _framing(spec: dict, interpolation: str) -> list:
     return [v2.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[interpolation]),
             v2.CenterCrop(spec["crop_size"])]
@@ -99,7 +144,7 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
     """(train transform, val transform, output size) for dataset `name` and `augment`;
     eval_framing "authors" replaces the val framing of `eval_spec` by the authors' (authors_spec).
     """
-    randaugment = [v2.RandAugment(num_ops=3, magnitude=9)]
+    randaugment = [AsPIL(v2.RandAugment(num_ops=3, magnitude=9))]
     if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
         mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
         framing = []
@@ -146,8 +191,8 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
             train_steps = basic_steps(name, size, val_steps)
         else:  # none: the weights' own eval framing, whatever eval_framing is
             train_steps = _framing(spec, spec["interpolation"])
-    # PIL image (or a decoded uint8 tensor, passed through) -> plain float tensor, normalized
-    tensor = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    # PIL image (or a uint8 tensor, passed through) -> plain float tensor, normalized
+    tensor = [v2.PILToTensor(), ToNormalized(mean, std)]
     return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
 
 
@@ -227,14 +272,17 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
                    classes: int | str | None = None, max_per_class: int | None = None,
                    download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
                    weights_name: str | None = None, eval_framing: str = "weights",
-                   decode_budget_bytes: int = DECODE_BUDGET_BYTES
+                   decode_budget_bytes: int = DECODE_BUDGET_BYTES, pipeline: str = "tensor"
                    ) -> tuple[Dataset, Dataset, DataInfo]:
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
     `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
     None means `default_augment`'s. `decode_budget_bytes=0` streams every set.
     `eval_framing` (EVAL_FRAMINGS): the val split's framing, the weights' own or the authors'.
+    `pipeline` (PIPELINES): how image files are decoded and framed, uint8 tensors or PIL.
     """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
                    max_per_class=max_per_class, augment=augment, eval_framing=eval_framing)
     if augment is None:
@@ -257,11 +305,13 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
             name, root, train_tf=train_tf, val_tf=val_tf, download=download)
     elif name in ("imagenet", "folder"):
         train, val = build_image_folder(name, root, classes=classes, max_per_class=max_per_class,
-                                        train_tf=train_tf, val_tf=val_tf)
+                                        train_tf=train_tf, val_tf=val_tf,
+                                        load=PIPELINES[pipeline])
         class_names = train.class_names
     else:
         build = build_places365 if name == "places365" else build_inat2018
-        train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download)
+        train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download,
+                                        load=PIPELINES[pipeline])
     info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
                     class_names=class_names, augment=augment, coarse_of_class=coarse_of_class,
                     coarse_names=coarse_names)

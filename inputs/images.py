@@ -2,7 +2,9 @@
 
 `load_rgb(path)` decodes one file to 8-bit RGB: 16-bit and float modes are scaled to 0..255
 (PIL's own `convert("RGB")` clips them, turning a 16-bit scan white), transparent pixels are
-composited onto white. `ImageFiles` is a list of (path, label) pairs that either streams (decodes
+composited onto white. `load_uint8(path)` gives the same pixels as a uint8 tensor (3, H, W), a
+JPEG decoded by torchvision.io (libjpeg-turbo, the same pixels as PIL's, about 1.5x faster per
+core), so that the transforms run on tensors (data.py's PIPELINES). `ImageFiles` is a list of (path, label) pairs that either streams (decodes
 each item when it is read, every epoch) or, after `decode()`, holds every image once as a uint8
 tensor (N, 3, H, W) and runs only the random part of its transform per item.
 `build_image_folder` reads root/{train,val}/<class>/<image> into two ImageFiles,
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tv_datasets
+from torchvision import io as tv_io
 from torchvision.transforms import v2
 
 # torchvision's ImageFolder extensions, compared lower-cased
@@ -30,6 +33,9 @@ FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I"
               "F": 1.0}
 TRANSPARENT_BACKGROUND = (255, 255, 255)  # transparent pixels shown on white, as a web page does
 DECODE_WORKERS_FROM = 2048  # decode() uses worker processes for sets of this many images or more
+# torchvision.io's JPEG decoder (deprecated since torchvision 0.29 in favour of TorchCodec, still
+# there in the pinned 0.29.1); without it load_uint8 decodes with PIL, the same pixels, slower
+DECODE_JPEG = getattr(tv_io, "decode_jpeg", None)
 
 IMAGENET_HINT = ("download ILSVRC2012 from https://image-net.org and arrange val/ into class "
                  "folders, e.g. with the valprep.sh script")
@@ -72,6 +78,19 @@ def load_rgb(path: str) -> Image.Image:
         raise _unreadable(path, err) from err
 
 
+def load_uint8(path: str) -> torch.Tensor:
+    """The pixels of load_rgb(path) as a uint8 tensor (3, H, W). A JPEG (its first bytes FF D8)
+    is decoded by torchvision.io.decode_jpeg, whose RGB, gray and CMYK output equals PIL's; any
+    other file, or a JPEG it cannot decode (e.g. truncated), goes through load_rgb."""
+    try:
+        raw = tv_io.read_file(path) if DECODE_JPEG is not None else None  # (file size,) uint8
+        if raw is not None and raw[:2].tolist() == [0xFF, 0xD8]:
+            return DECODE_JPEG(raw, mode=tv_io.ImageReadMode.RGB)  # (3, H, W) uint8
+    except RuntimeError:
+        pass  # load_rgb decodes it, or says what is wrong with the file
+    return v2.functional.pil_to_tensor(load_rgb(path))  # (3, H, W) uint8
+
+
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels."""
     try:
@@ -92,11 +111,13 @@ def split_framing(transform: v2.Compose) -> tuple[list, list]:
 
 # ------------------------------------------------------------------------------------- dataset
 class ImageFiles(Dataset):
-    """(path, label) pairs, streamed (decoded when read) or, after decode(), held in memory."""
+    """(path, label) pairs, streamed (decoded when read) or, after decode(), held in memory.
+    `load` decodes a file: load_uint8 (a tensor) or load_rgb (a PIL image, the reference)."""
 
     def __init__(self, *, samples: list[tuple[str, int]], class_names: list[str],
-                 transform: v2.Compose) -> None:
+                 transform: v2.Compose, load: Callable = load_uint8) -> None:
         self.samples = samples
+        self.load = load
         self.class_names = class_names
         self.transform = transform
         self.targets = [label for _, label in samples]
@@ -115,7 +136,7 @@ class ImageFiles(Dataset):
         if self.images is not None:
             return self.per_item(self.images[index]), self.targets[index]
         path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        return self.transform(self.load(path)), label
 
     def decoded_size(self, *, budget_bytes: int) -> tuple[int, int] | None:
         """(H, W) every image has after the framing if all N fit the budget as uint8, else None.
@@ -139,10 +160,10 @@ class ImageFiles(Dataset):
         return size if fits else None
 
     def decode(self, size: tuple[int, int]) -> None:
-        """Decode every image once, framing it with PIL exactly as streaming does, into memory."""
+        """Decode every image once, framing it exactly as streaming does, into memory."""
         framing, rest = split_framing(self.transform)
         decoder = ImageFiles(samples=self.samples, class_names=self.class_names,
-                             transform=v2.Compose(framing + [v2.PILToTensor()]))
+                             transform=v2.Compose(framing + [v2.PILToTensor()]), load=self.load)
         workers = min(8, os.cpu_count() or 1) if len(self) >= DECODE_WORKERS_FROM else 0
         loader = DataLoader(decoder, batch_size=256, num_workers=workers)
         images = torch.empty(len(self), 3, *size, dtype=torch.uint8)  # (N, 3, H, W)
@@ -258,8 +279,8 @@ def read_superclasses(path: str | Path, class_names: list[str]) -> tuple[list[in
     return [index[group_of[c]] for c in class_names], names
 
 def build_image_folder(name: str, root: str, *, classes: int | str | None,
-                       max_per_class: int | None, train_tf: v2.Compose,
-                       val_tf: v2.Compose) -> tuple[ImageFiles, ImageFiles]:
+                       max_per_class: int | None, train_tf: v2.Compose, val_tf: v2.Compose,
+                       load: Callable = load_uint8) -> tuple[ImageFiles, ImageFiles]:
     """root/train/<class>/* and root/val/<class>/*, labels 0..K-1 in class-list order."""
     hint = IMAGENET_HINT if name == "imagenet" else FOLDER_HINT
     layout = f"expected layout {root}/train/<class>/<image> and {root}/val/<class>/<image>"
@@ -299,7 +320,8 @@ def build_image_folder(name: str, root: str, *, classes: int | str | None,
                 raise ValueError(f"{name}: class folder {dirs[split] / class_name} has no images "
                                  f"(extensions {IMAGE_EXTENSIONS}, any case); {layout}")
             samples += [(f, label) for f in files]
-        sets.append(ImageFiles(samples=samples, class_names=chosen, transform=transform))
+        sets.append(ImageFiles(samples=samples, class_names=chosen, transform=transform,
+                               load=load))
     return sets[0], sets[1]
 
 
@@ -326,8 +348,8 @@ def folder_summary(root: str, *, classes: int | str | None, max_per_class: int |
 
 
 # -------------------------------------------------------------------------------- iNat 2018
-def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable,
-                   download: bool) -> tuple[ImageFiles, ImageFiles, list[str]]:
+def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable, download: bool,
+                   load: Callable = load_uint8) -> tuple[ImageFiles, ImageFiles, list[str]]:
     """iNaturalist 2018 with the official split (torchvision's class indexes every image)."""
     base = Path(root)
     if download:
@@ -348,7 +370,8 @@ def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable,
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     names = [str(c.get("name", c["id"])) for c in categories]
     train, val = [ImageFiles(samples=_inat_samples(base, a, label_of), class_names=names,
-                             transform=tf) for a, tf in zip(annotations, (train_tf, val_tf))]
+                             transform=tf, load=load)
+                  for a, tf in zip(annotations, (train_tf, val_tf))]
     return train, val, names
 
 

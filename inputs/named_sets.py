@@ -75,8 +75,8 @@ def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, 
     return coarse_of_class, list(load("meta")["coarse_label_names"])
 
 
-def build_places365(root: str, *, train_tf: Callable, val_tf: Callable,
-                    download: bool) -> tuple[Dataset, Dataset, list[str]]:
+def build_places365(root: str, *, train_tf: Callable, val_tf: Callable, download: bool,
+                    load: Callable = load_rgb) -> tuple[Dataset, Dataset, list[str]]:
     """Places365-Standard at high resolution (small=False: the paper feeds 224/384 px)."""
     needed = ["categories_places365.txt", "places365_train_standard.txt", "places365_val.txt",
               "data_large_standard", "val_large"]
@@ -86,7 +86,7 @@ def build_places365(root: str, *, train_tf: Callable, val_tf: Callable,
                                 f"{root}/{{{','.join(needed)}}}. Fix: {PLACES_HINT}")
     try:
         sets = [tv_datasets.Places365(root, split=split, small=False, download=download,
-                                      transform=tf, loader=load_rgb)
+                                      transform=tf, loader=load)
                 for split, tf in (("train-standard", train_tf), ("val", val_tf))]
     except (RuntimeError, OSError) as err:
         raise RuntimeError(f"places365: cannot load {root} ({err}); {PLACES_HINT}") from err

@@ -146,9 +146,9 @@ def test_cifar100_exposes_superclasses(cifar_root):
 
 def test_cifar_augmentations(cifar_root):
     root, _ = cifar_root
-    tensor = ["PILToTensor", "ToDtype", "Normalize"]
+    tensor = ["PILToTensor", "ToNormalized"]
     crop_flip = ["RandomCrop", "RandomHorizontalFlip"]
-    for augment, steps in (("paper", crop_flip + ["RandAugment"]), ("basic", crop_flip),
+    for augment, steps in (("paper", crop_flip + ["AsPIL"]), ("basic", crop_flip),
                            ("none", [])):
         train, val, info = data.build_datasets("cifar10", str(root), augment=augment)
         assert [type(t).__name__ for t in train.transform.transforms] == steps + tensor

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import functional as TF  # noqa: N812
+from torchvision.transforms.v2 import functional as TF2  # noqa: N812
 
 import benchmark_data
 import data
@@ -143,7 +144,8 @@ def test_folder_sizes_labels_and_paper_transforms(folder_root):
     expected = (torch.tensor([200, 30, 90]) / 255 - mean) / std
     assert torch.allclose(x, expected[:, None, None].expand(3, 32, 32), atol=2e-2)
     assert [type(t).__name__ for t in train.transform.transforms] == [
-        "Resize", "CenterCrop", "RandAugment", "PILToTensor", "ToDtype", "Normalize"]
+        "Resize", "CenterCrop", "AsPIL", "PILToTensor", "ToNormalized"]
+    assert type(train.transform.transforms[2].transform).__name__ == "RandAugment"
     # the authors' recipe: bilinear Resize for training, bicubic for evaluation
     assert train.transform.transforms[0].size == [37]  # round(32 * 256 / 224)
     assert train.transform.transforms[0].interpolation.value == "bilinear"
@@ -157,10 +159,11 @@ AUGREG = {"resize_size": 248, "crop_size": 224, "interpolation": "bicubic",  # t
 
 
 def _framed(path, resize, interpolation, crop=224):
-    """Resize (shorter side) -> CenterCrop -> normalized with AugReg's 0.5, in plain calls."""
+    """Resize (shorter side) -> CenterCrop -> normalized with AugReg's 0.5, in plain calls on the
+    file's uint8 tensor (the default pipeline)."""
     mode = TF.InterpolationMode(interpolation)
-    framed = TF.center_crop(TF.resize(images.load_rgb(path), resize, interpolation=mode), crop)
-    return (TF.pil_to_tensor(framed).float() / 255 - 0.5) / 0.5
+    framed = TF2.center_crop(TF2.resize(images.load_uint8(path), resize, interpolation=mode), crop)
+    return (framed.float() / 255 - 0.5) / 0.5
 
 
 def test_paper_augmentation_trains_on_the_authors_256_framing_whatever_the_weights(tmp_path):
@@ -171,10 +174,10 @@ def test_paper_augmentation_trains_on_the_authors_256_framing_whatever_the_weigh
                                         decode_budget_bytes=0)
     resize, crop, randaugment = train.transform.transforms[:3]
     assert (resize.size, resize.interpolation.value, crop.size) == ([256], "bilinear", (224, 224))
-    assert (randaugment.num_ops, randaugment.magnitude) == (3, 9)
+    assert (randaugment.transform.num_ops, randaugment.transform.magnitude) == (3, 9)
     # the framing before RandAugment is the authors' 256 one, pixel for pixel
     framing = train.transform.transforms[:2] + train.transform.transforms[3:]
-    x = torch.nn.Sequential(*framing)(images.load_rgb(train.samples[0][0]))
+    x = torch.nn.Sequential(*framing)(images.load_uint8(train.samples[0][0]))
     assert torch.allclose(x, _framed(train.samples[0][0], 256, "bilinear"), atol=1e-6)
     # evaluation keeps the weights' own framing (AugReg: 248 bicubic) by default
     assert val.transform.transforms[0].size == [248]
@@ -210,16 +213,16 @@ def test_basic_and_none_augmentation_of_photo_sets(tmp_path):
     train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="none")
     assert info.augment == "none"
     for i in (0, 5, 9):  # the eval framing
-        assert torch.equal(train[i][0], val.transform(images.load_rgb(train.samples[i][0])))
+        assert torch.equal(train[i][0], val.transform(images.load_uint8(train.samples[i][0])))
 
 
 def test_eval_spec_sets_the_val_transform_exactly(folder_root):
     train, val, info = data.build_datasets("imagenet", str(folder_root), eval_spec=SPEC,
                                            augment="paper")
-    resize, crop, _, _, normalize = val.transform.transforms
+    resize, crop, _, normalize = val.transform.transforms
     assert resize.size == [40] and resize.interpolation.value == "bilinear"
     assert crop.size == (36, 36)
-    assert normalize.mean == list(SPEC["mean"]) and normalize.std == list(SPEC["std"])
+    assert normalize.mean == SPEC["mean"] and normalize.std == SPEC["std"]
     assert info.image_size == 36 and train[0][0].shape == val[0][0].shape == (3, 36, 36)
     # training: the authors' framing, Resize round(36 * 256 / 224) = 41, not the weights' 40
     assert train.transform.transforms[0].size == [41]
