@@ -324,7 +324,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--superclasses", metavar="FILE", help="a grouping of the classes: JSON {class: group} "
         "or class<TAB>group lines (default: the dataset's own, CIFAR-100 and synthetic)")
     add("--batch-size", type=int, help="default: the checkpoint's")
-    add("--workers", type=int, help="loader processes (default: 0 in memory, else <= 8)")
+    add("--workers", type=int, help="loader processes (default: data.default_workers)")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     add("--amp", choices=("bf16", "fp16", "off"), help="default: the checkpoint's")
     add("--out-dir", help="where the files go (default: the checkpoint's folder)")

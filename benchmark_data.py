@@ -1,6 +1,9 @@
-"""How fast the data loader feeds training: a folder of small PNGs streamed vs decoded once.
+"""How fast the data loader feeds training: a folder of small PNGs streamed vs decoded once, and
+(--jpeg) how many ImageNet-sized JPEGs one loader core turns into model inputs per second.
 
     python benchmark_data.py
+    python benchmark_data.py --jpeg                 # 150 generated 500x375 photos, JPEG q90
+    python benchmark_data.py --jpeg --images DIR    # your own JPEGs (e.g. ImageNet val files)
 
 Writes a folder of 32 px PNGs into a temporary directory (10 classes, 140 training and 20
 validation images per class, smooth random colours plus noise, like small scans), then times
@@ -14,6 +17,20 @@ epoch each per round, the order reversed every other round), so a change in mach
 them alike. After one warm-up round it reports medians over `--epochs` rounds: images/s, the
 epoch time over the peer's in the same round, and the time the loop waited for the next batch.
 On a shared machine the step time varies from round to round; the wait column does not.
+
+--jpeg: one process with one thread (what one DataLoader worker does), from a file path to the
+normalized float tensor a worker hands to the batch, for the evaluation transform and each
+--augment's training transform (ImageNet's, 224 px), per pipeline:
+  (a) this project: images.load_uint8 (torchvision.io for JPEG) -> v2's uint8 tensor kernels,
+      RandAugment on a PIL view (data.AsPIL), one-pass normalize (data.ToNormalized);
+  (b) the peer, torchvision's reference: PIL decode -> the same v2 steps on PIL images ->
+      PILToTensor -> ToDtype -> Normalize (this project's pipeline before, data.py's "pil");
+  (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
+and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
+per image (torch.manual_seed(image index)); rows are interleaved over `--rounds` rounds and the
+median img/s is reported. It also prints the mean absolute difference of (a) and (b) in uint8
+levels, and the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on them, and the
+loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
 """
 from __future__ import annotations
 
@@ -26,11 +43,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import v2
 
 import data
 import vit
+from inputs import images
 
 CLASSES = 10
 SIZE = 32
@@ -122,6 +142,165 @@ def measure(loaders: dict, *, epochs: int, seed: int) -> dict:
     return result
 
 
+# ----------------------------------------------------------------- --jpeg: one loader core
+PHOTO = (375, 500)  # (H, W): ImageNet's average photo
+# An LLB training step on ViT-B/16 at 224 px is about 88 GFLOP per image (the frozen backbone's
+# forward, 17.6 GMAC, plus the branch's six blocks forward and backward): an H100 at 40% of its
+# 989 TFLOP/s dense bf16 peak runs about 4,500 of them a second.
+GPU_IMG_S = 4500
+OCTAVES = ((4, 50), (8, 30), (16, 20), (32, 16), (64, 14), (128, 16), (256, 14))  # (cells, amp)
+
+
+def make_photos(root: Path, *, count: int, seed: int) -> list[str]:
+    """`count` 500x375 JPEGs at quality 90, ~100 KB each (ImageNet's average is ~110 KB):
+    colour noise over seven octaves (1/f-like), flat patches with sharp edges, sensor noise."""
+    g = torch.Generator().manual_seed(seed)
+    root.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        img = torch.full((1, 3, *PHOTO), 128.0)  # (1, 3, H, W)
+        for cells, amplitude in OCTAVES:
+            grid = torch.randn(1, 3, cells * 3 // 4, cells, generator=g) * amplitude
+            img += F.interpolate(grid, size=PHOTO, mode="bicubic", align_corners=False)
+        for _ in range(8):  # objects: flat patches with sharp edges
+            top = int(torch.randint(0, PHOTO[0] - 40, (1,), generator=g))
+            left = int(torch.randint(0, PHOTO[1] - 40, (1,), generator=g))
+            h, w = torch.randint(20, 200, (2,), generator=g).tolist()
+            patch = img[..., top:top + h, left:left + w]  # a view: edited in place
+            patch.mul_(0.3).add_(torch.rand(1, 3, 1, 1, generator=g) * 180)
+        img += 16 * torch.randn(img.shape, generator=g)
+        pixels = img[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+        paths.append(str(root / f"{i:04d}.jpg"))
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+def peer_steps(transform: v2.Compose, *, pil_randaugment: bool, v2_normalize: bool) -> list:
+    """`transform`'s steps with RandAugment unwrapped from data.AsPIL (it then runs on whatever
+    it is given) and/or v2's ToDtype -> Normalize in place of data.ToNormalized."""
+    steps = []
+    for step in transform.transforms:
+        if isinstance(step, data.AsPIL) and not pil_randaugment:
+            steps.append(step.transform)
+        elif isinstance(step, data.ToNormalized) and v2_normalize:
+            steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(step.mean, step.std)]
+        else:
+            steps.append(step)
+    return steps
+
+
+def jpeg_rows(augments: list[str]) -> dict:
+    """{row label: (load, transform or None)}: the decode floors, then per transform (a)-(c)."""
+    rows = {"decode only, PIL": (images.load_rgb, None),
+            "decode only, torchvision.io": (images.load_uint8, None)}
+    transforms = {}
+    for augment in augments:
+        train, val, _ = data.make_transforms("imagenet", image_size=None, eval_spec=None,
+                                             augment=augment)
+        transforms = {"eval": val} | transforms | {f"train {augment}": train}
+    for name, tf in transforms.items():
+        rows[f"{name}: (a) this project"] = (images.load_uint8, tf)
+        reference = peer_steps(tf, pil_randaugment=False, v2_normalize=True)
+        rows[f"{name}: (b) PIL + v2, reference"] = (images.load_rgb, v2.Compose(reference))
+        if any(isinstance(step, data.AsPIL) for step in tf.transforms):
+            tensors = peer_steps(tf, pil_randaugment=False, v2_normalize=False)
+            rows[f"{name}: (c) v2 on tensors"] = (images.load_uint8, v2.Compose(tensors))
+    return rows
+
+
+def time_rows(rows: dict, paths: list[str], *, rounds: int) -> dict:
+    """Median img/s of each row over `rounds` interleaved rounds (after a short warm-up)."""
+    rates = {label: [] for label in rows}
+    for r in range(rounds + 1):
+        order = list(rows) if r % 2 else list(rows)[::-1]  # cancel order effects
+        for label in order:
+            load, transform = rows[label]
+            batch = paths[:10] if r == 0 else paths  # round 0 warms up
+            start = time.perf_counter()
+            for i, path in enumerate(batch):
+                torch.manual_seed(i)  # every pipeline draws the same augmentation per image
+                image = load(path)
+                if transform is not None:
+                    transform(image)
+            if r > 0:
+                rates[label].append(len(batch) / (time.perf_counter() - start))
+    return {label: statistics.median(rate) for label, rate in rates.items()}
+
+
+def agreement(rows: dict, paths: list[str]) -> dict:
+    """Per transform: (a) vs (b) in uint8 levels (mean, 99th percentile, max) and the share of
+    images on which a fixed random ViT-Ti/16 (head re-initialized, not zero) gives one top-1."""
+    torch.manual_seed(0)
+    model = vit.create_vit("tiny", image_size=224, patch_size=16, num_classes=1000).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    result = {}
+    for label in rows:
+        if ": (a)" not in label:
+            continue
+        name = label.split(":")[0]
+        outputs = []
+        for row in (label, f"{name}: (b) PIL + v2, reference"):
+            load, transform = rows[row]
+            draws = []
+            for i, path in enumerate(paths):
+                torch.manual_seed(i)
+                draws.append(transform(load(path)))
+            outputs.append(torch.stack(draws))  # (N, 3, 224, 224) normalized
+        std = torch.tensor(transform.transforms[-1].std).view(1, 3, 1, 1)
+        levels = ((outputs[0] - outputs[1]) * std * 255).abs().flatten()
+        with torch.no_grad():
+            top1 = [torch.cat([model(x) for x in out.split(25)]).argmax(1) for out in outputs]
+        result[name] = dict(mean=levels.mean().item(), p99=levels.quantile(0.99).item()
+                            if levels.numel() < 2 ** 24 else levels[::7].quantile(0.99).item(),
+                            max=levels.max().item(),
+                            agree=100 * (top1[0] == top1[1]).float().mean().item(),
+                            classes=len(set(top1[1].tolist())))
+    return result
+
+
+def run_jpeg(args) -> None:
+    """--jpeg: img/s per loader core of each row, the pixel agreement, the cores needed."""
+    torch.set_num_threads(1)  # one DataLoader worker: one process, one thread
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.images is None:
+            paths = make_photos(Path(tmp) / "photos", count=args.count, seed=args.seed)
+            source = f"{len(paths)} generated 500x375 photos, JPEG quality 90"
+        else:
+            paths = sorted(str(p) for p in Path(args.images).iterdir()
+                           if p.suffix.lower() in (".jpg", ".jpeg"))[:args.count]
+            if not paths:
+                raise SystemExit(f"error: {args.images} holds no .jpg/.jpeg files; pass a "
+                                 "folder of JPEG photos to --images")
+            source = f"{len(paths)} JPEGs of {args.images}"
+        kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
+        rows = jpeg_rows(args.augment)
+        rate = time_rows(rows, paths, rounds=args.rounds)
+        agree = agreement(rows, paths)
+    floor = rate["decode only, torchvision.io"]
+    print(f"{source} (mean {kb:.0f} KB); torch {torch.__version__}, torchvision "
+          f"{torchvision.__version__}, 1 thread of {os.cpu_count()} CPU cores; medians of "
+          f"{args.rounds} rounds; 224 px ImageNet transforms\n")
+    print("| file -> model input | img/s per core | vs (b) | time vs decode floor |")
+    print("|---|---|---|---|")
+    for label, r in rate.items():
+        name = label.split(":")[0]
+        peer = rate.get(f"{name}: (b) PIL + v2, reference")
+        vs = f"{r / peer:.2f}x" if peer is not None and ": (" in label else "-"
+        print(f"| {label} | {r:.0f} | {vs} | {floor / r:.2f}x |")
+    print("\n| transform | (a) vs (b), uint8 levels: mean / p99 / max | same top-1 (random "
+          "ViT-Ti/16) | classes predicted |")
+    print("|---|---|---|---|")
+    for name, a in agree.items():
+        print(f"| {name} | {a['mean']:.3f} / {a['p99']:.0f} / {a['max']:.0f} | "
+              f"{a['agree']:.1f}% | {a['classes']} |")
+    need = args.gpus * args.gpu_img_s
+    print(f"\n{args.gpus} GPUs x {args.gpu_img_s} img/s = {need} img/s need, per training "
+          f"transform:")
+    for label, r in rate.items():
+        if label.startswith("train") and ": (c)" not in label:
+            print(f"  {label}: {need / r:.0f} loader cores")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-per-class", type=int, default=140)
@@ -129,7 +308,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed rounds after one warm-up")
     parser.add_argument("--augment", nargs="+", choices=data.AUGMENTS, default=["none", "basic"])
     parser.add_argument("--seed", type=int, default=0)
+    jpeg = parser.add_argument_group("--jpeg: one loader core on ImageNet-sized JPEGs")
+    jpeg.add_argument("--jpeg", action="store_true", help="measure that instead (see above)")
+    jpeg.add_argument("--images", help="a folder of your own .jpg files (default: generated)")
+    jpeg.add_argument("--count", type=int, default=150, help="photos to time")
+    jpeg.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up")
+    jpeg.add_argument("--gpus", type=int, default=8, help="GPUs to feed")
+    jpeg.add_argument("--gpu-img-s", type=int, default=GPU_IMG_S,
+                      help="images/s one GPU trains (default: an LLB step on an H100, 40%% MFU)")
     args = parser.parse_args(argv)
+    if args.jpeg:
+        if args.augment == ["none", "basic"]:  # the PNG mode's default: measure all three
+            args.augment = list(data.AUGMENTS)
+        if min(args.count, args.rounds, args.gpus, args.gpu_img_s) < 1:
+            parser.error("--count, --rounds, --gpus and --gpu-img-s must be >= 1")
+        run_jpeg(args)
+        return
     if args.epochs < 1 or args.train_per_class * CLASSES < BATCH or args.val_per_class < 1:
         parser.error(f"need --epochs >= 1, --train-per-class >= {-(-BATCH // CLASSES)} (one "
                      f"batch of {BATCH}) and --val-per-class >= 1")

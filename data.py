@@ -28,8 +28,9 @@ within about one uint8 level of it (`python benchmark_data.py --jpeg`, docs/perf
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
 epoch then decodes nothing and its loader defaults to 0 workers; larger sets stream, decoding
-every epoch. The leading Resize/CenterCrop runs once at decode time with the same PIL calls as
-streaming, so eval tensors are identical either way. Under DDP each process holds a copy.
+every epoch in `default_workers` processes. The leading Resize/CenterCrop runs once at decode
+time with the same calls as streaming, so eval tensors are identical either way. Under DDP each
+process holds a copy.
 
 ImageNet-ReaL's labels are read by inputs/named_sets.py (`read_real_labels`, `real_hits`).
 """
@@ -343,6 +344,16 @@ class EvalShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def default_workers(world_size: int) -> int:
+    """Loader processes per rank for a streamed set: the cores this process may run on, shared by
+    the ranks on this machine (torchrun's LOCAL_WORLD_SIZE, else all `world_size`), less one for
+    the rank itself; at least 1. Decoding and augmenting ImageNet's JPEGs needs more cores than
+    an 8-GPU node has (docs/performance.md), so none is left idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, (cores or 1) // max(1, local) - 1)
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int | None = None,
                  rank: int = 0, world_size: int = 1, seed: int = 0,
                  pin_memory: bool = False) -> DataLoader:
@@ -358,7 +369,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                          f"smaller than one batch of {batch_size}; lower the batch size (train.py: "
                          f"--batch-size, or leave it unset on a folder to cap it to the set)")
     if workers is None:
-        workers = 0 if getattr(dataset, "in_memory", False) else min(8, os.cpu_count() or 1)
+        workers = 0 if getattr(dataset, "in_memory", False) else default_workers(world_size)
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=seed, drop_last=True)

@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
       f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
       f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
-    g("--workers", type=int, help="loader processes per rank (default: 0 in memory, else <= 8)")
+    g("--workers", type=int, help="loader processes per rank (default: data.default_workers)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
     g("--model", choices=list(vit.PRESETS), help=f"ViT preset (default: {recipe.DEMO['model']} "

@@ -3,10 +3,11 @@
 `load_rgb(path)` decodes one file to 8-bit RGB: 16-bit and float modes are scaled to 0..255
 (PIL's own `convert("RGB")` clips them, turning a 16-bit scan white), transparent pixels are
 composited onto white. `load_uint8(path)` gives the same pixels as a uint8 tensor (3, H, W), a
-JPEG decoded by torchvision.io (libjpeg-turbo, the same pixels as PIL's, about 1.5x faster per
-core), so that the transforms run on tensors (data.py's PIPELINES). `ImageFiles` is a list of (path, label) pairs that either streams (decodes
-each item when it is read, every epoch) or, after `decode()`, holds every image once as a uint8
-tensor (N, 3, H, W) and runs only the random part of its transform per item.
+JPEG decoded by torchvision.io (libjpeg-turbo: PIL's pixels, faster per core), so that the
+transforms run on tensors (data.py's PIPELINES). `ImageFiles` is a list of (path, label) pairs
+that either streams (decodes each item when it is read, every epoch) or, after `decode()`,
+holds every image once as a uint8 tensor (N, 3, H, W) and runs only the random part of its
+transform per item.
 `build_image_folder` reads root/{train,val}/<class>/<image> into two ImageFiles,
 `build_inat2018` iNaturalist 2018 with its official JSON split.
 """

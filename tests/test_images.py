@@ -362,8 +362,8 @@ def test_decoded_once_gives_the_streamed_eval_tensors_exactly(tmp_path):
         assert torch.equal(val[i][0], streamed[i]) and val[i][1] == s_val[i][1]
         assert torch.equal(train[i][0], s_train[i][0])
     assert data.build_loader(train, batch_size=4, train=True).num_workers == 0
-    assert data.build_loader(s_train, batch_size=4, train=True).num_workers == min(
-        8, os.cpu_count())
+    assert data.build_loader(s_train, batch_size=4, train=True).num_workers == max(
+        1, len(os.sched_getaffinity(0)) - 1)
     for path, _ in train.samples + val.samples:  # an epoch decodes nothing: files not needed
         os.remove(path)
     assert all(torch.equal(val[i][0], streamed[i]) for i in range(len(val)))
@@ -411,7 +411,7 @@ def test_benchmark_data_compares_the_three_loaders(capsys):
                          "--augment", "basic"])  # one batch of 128 per epoch
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| (")]
-    workers = str(min(8, os.cpu_count()))  # the loader's default for a streamed set
+    workers = str(data.default_workers(1))  # the loader's default for a streamed set
     assert [(r[0], r[1]) for r in rows] == [("| (a) streamed, basic", workers),
                                             ("| (b) decoded once, basic", "0"),
                                             ("| (c) TensorDataset", "0")]
