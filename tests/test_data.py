@@ -280,7 +280,18 @@ def test_eval_loader_keeps_order_and_everything():
     assert _labels(loader) == val.targets  # 9 items, last batch of 1 kept
     streamed = torch.utils.data.TensorDataset(torch.zeros(8, 3))  # no in_memory attribute
     auto = data.build_loader(streamed, batch_size=4, train=True)
-    assert auto.num_workers == min(8, os.cpu_count()) and auto.persistent_workers
+    assert auto.num_workers == data.default_workers(1) and auto.persistent_workers
+
+
+def test_default_workers_share_the_machine_s_cores_among_its_ranks(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(112)), raising=False)
+    assert data.default_workers(8) == 13  # 112 cores / 8 ranks, less the rank's own
+    assert data.default_workers(1) == 111
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 of 16 ranks on this machine
+    assert data.default_workers(16) == 27
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert data.default_workers(16) == 1  # never 0: a streamed set needs a loader process
 
 
 def test_distributed_train_loader_uses_distributed_sampler():

@@ -45,6 +45,11 @@ def test_a_folder_of_small_images_gets_its_size_a_small_model_and_a_batch_it_hol
     assert "image_size=24 (median side 25 px of 20 images" in printed
     assert "batch_size=5 (capped: 20 training images" in printed
     assert "llb.num_objects=64 (2 classes" in printed
+    # 10 images a class: the printout says a ViT from scratch learns little from so few
+    assert "model=micro (20 training images; only 10 a class: from scratch a ViT" in printed
+    assert "fine-tune released weights (--pretrained)" in printed
+    root = image_folder(tmp_path / "more", side=25, per_class=fit.FEW_PER_CLASS)
+    assert "only" not in stages("--dataset", "folder", "--data-dir", str(root))[0].describe()
 
 
 def test_options_given_win_over_the_data(tmp_path):

@@ -33,6 +33,10 @@ LARGE_PRESET = "base"
 MIN_STEPS_PER_EPOCH = 4
 OBJECTS_PER_CLASS = 2048 / 1000
 MIN_OBJECTS = 64
+# Fewer training images per class than this: the recipe's printout says that a ViT from scratch
+# learns little from so few (the 60-image folder of docs/real_images.md, 4 a class: ViT-micro 40%,
+# a logistic regression on pixels 90%) and that released weights (--pretrained) are the way
+FEW_PER_CLASS = 20
 
 
 @dataclass
@@ -102,12 +106,15 @@ def fit(values: dict, *, from_weights: bool, size_given: int | None) -> Fitted:
     size = size_for(side, patch)
     cap = batch_cap(images, values["world_size"])
     read = f"median side {side:g} px of {len(summary['sides'])} images"
+    per_class = images / summary["classes"]
+    few = (f"; only {per_class:.0f} a class: from scratch a ViT learns little from so few, "
+           "fine-tune released weights (--pretrained)" if per_class < FEW_PER_CLASS else "")
     return Fitted(
         image_size=size, patch_size=patch, model=preset_for(images), batch_cap=cap,
         num_objects=objects_for(summary["classes"]),
         origin=dict(image_size=f"{read}, a multiple of the patch",
                     patch_size=f"{read}" if size_given is None else "the image size",
-                    model=f"{images} training images",
+                    model=f"{images} training images{few}",
                     batch_size=f"capped: {images} training images, >= {MIN_STEPS_PER_EPOCH} "
                                f"steps an epoch",
                     num_objects=f"{summary['classes']} classes x {OBJECTS_PER_CLASS:g}, "
