@@ -27,7 +27,7 @@ normalized float tensor a worker hands to the batch, for the evaluation transfor
       PILToTensor -> ToDtype -> Normalize (this project's pipeline before, data.py's "pil");
   (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
 and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
-per image (torch.manual_seed(image index)); rows are interleaved over `--rounds` rounds and the
+per image (the CPU generator seeded by the image index); rows are interleaved over `--rounds` rounds and the
 median img/s is reported. It also prints the mean absolute difference of (a) and (b) in uint8
 levels, and the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on them, and the
 loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
@@ -218,7 +218,7 @@ def time_rows(rows: dict, paths: list[str], *, rounds: int) -> dict:
             batch = paths[:10] if r == 0 else paths  # round 0 warms up
             start = time.perf_counter()
             for i, path in enumerate(batch):
-                torch.manual_seed(i)  # every pipeline draws the same augmentation per image
+                torch.default_generator.manual_seed(i)  # the same augmentation in every row
                 image = load(path)
                 if transform is not None:
                     transform(image)
@@ -243,7 +243,7 @@ def agreement(rows: dict, paths: list[str]) -> dict:
             load, transform = rows[row]
             draws = []
             for i, path in enumerate(paths):
-                torch.manual_seed(i)
+                torch.default_generator.manual_seed(i)
                 draws.append(transform(load(path)))
             outputs.append(torch.stack(draws))  # (N, 3, 224, 224) normalized
         std = torch.tensor(transform.transforms[-1].std).view(1, 3, 1, 1)
