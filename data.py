@@ -21,9 +21,10 @@ bicubic -> CenterCrop instead.
 
 Files are decoded to uint8 tensors (`pipeline="tensor"`, images.load_uint8: torchvision.io for
 JPEG) and framed by v2's uint8 tensor kernels; RandAugment runs on a PIL view (AsPIL); the last
-step converts to float and normalizes in one pass (ToNormalized). Per loader core this is about
-3x the PIL pipeline (`pipeline="pil"`, images.load_rgb, all steps on PIL images), with the pixels
-within about one uint8 level of it (`python benchmark_data.py --jpeg`, docs/performance.md).
+step converts to float and normalizes in one pass (ToNormalized). Per loader core on 500x375
+JPEGs this is 2.1-3.2x the PIL pipeline for evaluation, 1.4-1.9x for training (RandAugment's
+own cost bounds `paper`) (`pipeline="pil"`, images.load_rgb, all steps on PIL images), with the
+pixels within a uint8 level of it (`python benchmark_data.py --jpeg`, docs/performance.md).
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
@@ -93,7 +94,8 @@ class DataInfo:
 # ----------------------------------------------------------------------------------- transforms
 class AsPIL(torch.nn.Module):
     """Runs `transform` on a PIL image: a uint8 tensor (3, H, W) goes there and back (~0.2 ms at
-    224 px). RandAugment's PIL ops are 2-10x faster per core than v2's uint8 tensor kernels."""
+    224 px). RandAugment(3, 9) on PIL is ~3x faster per core than on v2's uint8 tensor kernels
+(their affine ops go through float grid_sample)."""
 
     def __init__(self, transform: torch.nn.Module) -> None:
         super().__init__()
@@ -108,7 +110,7 @@ class AsPIL(torch.nn.Module):
 
 class ToNormalized(torch.nn.Module):
     """uint8 (3, H, W) -> float32 (x / 255 - mean) / std, in one pass: the same values as v2's
-    ToDtype(scale=True) -> Normalize (within 1e-6), about 4x faster per image."""
+    ToDtype(scale=True) -> Normalize (within 1e-6), 3-4x faster per image."""
 
     def __init__(self, mean: tuple, std: tuple) -> None:
         super().__init__()
