@@ -92,15 +92,19 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_started(old_run, tmp_
 
 def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py", *TINY, "--epochs", "500", "--out-dir",
-                              str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe: nobody reads a pipe while the run's progress bars fill it,
+    # and a child blocked writing to a full pipe never gets to handle Ctrl-C
+    log = tmp_path / "first.stderr"
+    with open(log, "w") as stderr:
+        first = subprocess.Popen([sys.executable, "train.py", *TINY, "--epochs", "500",
+                                  "--out-dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                 stderr=stderr)
     try:
         for _ in range(600):  # the lock is taken before the data is built
             if (out / rundir.LOCK).exists() or first.poll() is not None:
                 break
             time.sleep(0.1)
-        assert (out / rundir.LOCK).exists(), first.stderr.read() if first.poll() else "no lock"
+        assert (out / rundir.LOCK).exists(), log.read_text() if first.poll() else "no lock"
         for extra in ([], ["--overwrite"], ["--lr", "0.01"]):
             with pytest.raises(RuntimeError, match=rf"{out} is in use by train.py \(process "
                                                    rf"{first.pid} on .*\); nothing was changed"):
