@@ -28,9 +28,9 @@ normalized float tensor a worker hands to the batch, for the evaluation transfor
   (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
 and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
 per image (the CPU generator seeded by the image index); rows are interleaved over `--rounds`
-rounds and the median img/s is reported. It also prints the mean absolute difference of (a) and (b) in uint8
-levels, and the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on them, and the
-loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
+rounds and the median img/s is reported. It also prints the mean absolute difference of (a)
+and (b) in uint8 levels, the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on
+them, and the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
 """
 from __future__ import annotations
 

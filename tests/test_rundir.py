@@ -96,9 +96,12 @@ def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
     # and a child blocked writing to a full pipe never gets to handle Ctrl-C
     log = tmp_path / "first.stderr"
     with open(log, "w") as stderr:
+        # Ctrl-C as in a terminal, also when pytest itself runs in the background (`... &`),
+        # where the shell hands on SIGINT ignored and Python keeps it so
         first = subprocess.Popen([sys.executable, "train.py", *TINY, "--epochs", "500",
                                   "--out-dir", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                 stderr=stderr)
+                                 stderr=stderr,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(600):  # the lock is taken before the data is built
             if (out / rundir.LOCK).exists() or first.poll() is not None:
