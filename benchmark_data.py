@@ -265,11 +265,13 @@ def run_jpeg(args) -> None:
             paths = make_photos(Path(tmp) / "photos", count=args.count, seed=args.seed)
             source = f"{len(paths)} generated 500x375 photos, JPEG quality 90"
         else:
-            paths = sorted(str(p) for p in Path(args.images).iterdir()
-                           if p.suffix.lower() in (".jpg", ".jpeg"))[:args.count]
+            folder = Path(args.images)
+            files = folder.iterdir() if folder.is_dir() else []
+            paths = sorted(str(p) for p in files if p.suffix.lower() in (".jpg", ".jpeg"))
+            paths = paths[:args.count]
             if not paths:
-                raise SystemExit(f"error: {args.images} holds no .jpg/.jpeg files; pass a "
-                                 "folder of JPEG photos to --images")
+                raise SystemExit(f"error: {folder} is not a folder holding .jpg/.jpeg files; "
+                                 "pass a folder of JPEG photos to --images")
             source = f"{len(paths)} JPEGs of {args.images}"
         kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
         rows = jpeg_rows(args.augment)

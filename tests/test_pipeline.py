@@ -116,3 +116,10 @@ def test_benchmark_jpeg_prints_rates_agreement_and_cores(capsys):
         assert f"| {row} |" in out
     assert "8 GPUs x 4500 img/s = 36000 img/s need" in out
     assert "| train paper | 0.0" in out  # (a) vs (b): a mean difference well under a level
+
+
+def test_benchmark_jpeg_refuses_a_folder_without_jpegs(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    for folder in (tmp_path, tmp_path / "nope"):
+        with pytest.raises(SystemExit, match=r"is not a folder holding \.jpg/\.jpeg files"):
+            benchmark_data.main(["--jpeg", "--images", str(folder)])
