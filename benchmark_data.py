@@ -175,12 +175,12 @@ def make_photos(root: Path, *, count: int, seed: int) -> list[str]:
     return paths
 
 
-def peer_steps(transform: v2.Compose, *, pil_randaugment: bool, v2_normalize: bool) -> list:
+def peer_steps(transform: v2.Compose, *, v2_normalize: bool) -> list:
     """`transform`'s steps with RandAugment unwrapped from data.AsPIL (it then runs on whatever
-    it is given) and/or v2's ToDtype -> Normalize in place of data.ToNormalized."""
+    it is given), and with `v2_normalize` v2's ToDtype -> Normalize for data.ToNormalized."""
     steps = []
     for step in transform.transforms:
-        if isinstance(step, data.AsPIL) and not pil_randaugment:
+        if isinstance(step, data.AsPIL):
             steps.append(step.transform)
         elif isinstance(step, data.ToNormalized) and v2_normalize:
             steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(step.mean, step.std)]
@@ -197,13 +197,14 @@ def jpeg_rows(augments: list[str]) -> dict:
     for augment in augments:
         train, val, _ = data.make_transforms("imagenet", image_size=None, eval_spec=None,
                                              augment=augment)
-        transforms = {"eval": val} | transforms | {f"train {augment}": train}
+        transforms[f"train {augment}"] = train
+    transforms = {"eval": val} | transforms  # the same eval transform for every augment
     for name, tf in transforms.items():
         rows[f"{name}: (a) this project"] = (images.load_uint8, tf)
-        reference = peer_steps(tf, pil_randaugment=False, v2_normalize=True)
+        reference = peer_steps(tf, v2_normalize=True)
         rows[f"{name}: (b) PIL + v2, reference"] = (images.load_rgb, v2.Compose(reference))
         if any(isinstance(step, data.AsPIL) for step in tf.transforms):
-            tensors = peer_steps(tf, pil_randaugment=False, v2_normalize=False)
+            tensors = peer_steps(tf, v2_normalize=False)
             rows[f"{name}: (c) v2 on tensors"] = (images.load_uint8, v2.Compose(tensors))
     return rows
 

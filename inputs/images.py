@@ -84,10 +84,12 @@ def load_uint8(path: str) -> torch.Tensor:
     is decoded by torchvision.io.decode_jpeg, whose RGB, gray and CMYK output equals PIL's; any
     other file, or a JPEG it cannot decode (e.g. truncated), goes through load_rgb."""
     try:
-        raw = tv_io.read_file(path) if DECODE_JPEG is not None else None  # (file size,) uint8
-        if raw is not None and raw[:2].tolist() == [0xFF, 0xD8]:
+        with open(path, "rb") as file:  # only a JPEG is read here in full; others go to PIL
+            jpeg = DECODE_JPEG is not None and file.read(2) == b"\xff\xd8"
+        if jpeg:
+            raw = tv_io.read_file(path)  # (file size,) uint8
             return DECODE_JPEG(raw, mode=tv_io.ImageReadMode.RGB)  # (3, H, W) uint8
-    except RuntimeError:
+    except (OSError, RuntimeError):
         pass  # load_rgb decodes it, or says what is wrong with the file
     return v2.functional.pil_to_tensor(load_rgb(path))  # (3, H, W) uint8
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from inputs.images import load_rgb
+from inputs.images import load_uint8
 
 CIFAR_HINT = "pass --download or download from https://www.cs.toronto.edu/~kriz/cifar.html"
 PLACES_HINT = ("pass --download or download the high-resolution Places365-Standard images and "
@@ -76,7 +76,7 @@ def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, 
 
 
 def build_places365(root: str, *, train_tf: Callable, val_tf: Callable, download: bool,
-                    load: Callable = load_rgb) -> tuple[Dataset, Dataset, list[str]]:
+                    load: Callable = load_uint8) -> tuple[Dataset, Dataset, list[str]]:
     """Places365-Standard at high resolution (small=False: the paper feeds 224/384 px)."""
     needed = ["categories_places365.txt", "places365_train_standard.txt", "places365_val.txt",
               "data_large_standard", "val_large"]
