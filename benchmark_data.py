@@ -26,11 +26,14 @@ normalized float tensor a worker hands to the batch, for the evaluation transfor
   (b) the peer, torchvision's reference: PIL decode -> the same v2 steps on PIL images ->
       PILToTensor -> ToDtype -> Normalize (this project's pipeline before, data.py's "pil");
   (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
+  (d) what training on CUDA runs in a loader process: (a) up to the uint8 crop; the GPU does
+      RandAugment and the normalize on the batch (inputs/on_device.py), timed apart on
+      `--device` (default cpu);
 and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
 per image (the CPU generator seeded by the image index); rows are interleaved over `--rounds`
-rounds and the median img/s is reported. It also prints the mean absolute difference of (a)
-and (b) in uint8 levels, the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on
-them, and the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
+rounds and the median img/s is reported. It also prints the mean absolute difference from (b)
+in uint8 levels, the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on both, and
+the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 from torchvision.transforms import v2
 
 import data
@@ -56,6 +59,7 @@ CLASSES = 10
 SIZE = 32
 BATCH = 128
 PEER = "(c) TensorDataset"
+DEVICE_ROW = "(d) on CUDA, the loader's part"  # uint8 out; RandAugment + normalize on the GPU
 
 
 def make_folder(root: Path, *, train_per_class: int, val_per_class: int, seed: int) -> None:
@@ -190,9 +194,10 @@ def peer_steps(transform: v2.Compose, *, v2_normalize: bool) -> list:
 
 
 def jpeg_rows(augments: list[str]) -> dict:
-    """{row label: (load, transform or None)}: the decode floors, then per transform (a)-(c)."""
-    rows = {"decode only, PIL": (images.load_rgb, None),
-            "decode only, torchvision.io": (images.load_uint8, None)}
+    """{row label: (load, transform or None, device tail or None)}: the decode floors, then per
+    transform (a)-(d); a row is timed without its tail (the loader's part)."""
+    rows = {"decode only, PIL": (images.load_rgb, None, None),
+            "decode only, torchvision.io": (images.load_uint8, None, None)}
     transforms = {}
     for augment in augments:
         train, val, _ = data.make_transforms("imagenet", image_size=None, eval_spec=None,
@@ -200,12 +205,13 @@ def jpeg_rows(augments: list[str]) -> dict:
         transforms[f"train {augment}"] = train
     transforms = {"eval": val} | transforms  # the same eval transform for every augment
     for name, tf in transforms.items():
-        rows[f"{name}: (a) this project"] = (images.load_uint8, tf)
+        rows[f"{name}: (a) this project"] = (images.load_uint8, tf, None)
         reference = peer_steps(tf, v2_normalize=True)
-        rows[f"{name}: (b) PIL + v2, reference"] = (images.load_rgb, v2.Compose(reference))
+        rows[f"{name}: (b) PIL + v2, reference"] = (images.load_rgb, v2.Compose(reference), None)
         if any(isinstance(step, data.AsPIL) for step in tf.transforms):
             tensors = peer_steps(tf, v2_normalize=False)
-            rows[f"{name}: (c) v2 on tensors"] = (images.load_uint8, v2.Compose(tensors))
+            rows[f"{name}: (c) v2 on tensors"] = (images.load_uint8, v2.Compose(tensors), None)
+        rows[f"{name}: {DEVICE_ROW}"] = (images.load_uint8, *data.device_split(tf))
     return rows
 
 
@@ -215,7 +221,7 @@ def time_rows(rows: dict, paths: list[str], *, rounds: int) -> dict:
     for r in range(rounds + 1):
         order = list(rows) if r % 2 else list(rows)[::-1]  # cancel order effects
         for label in order:
-            load, transform = rows[label]
+            load, transform, _ = rows[label]
             batch = paths[:10] if r == 0 else paths  # round 0 warms up
             start = time.perf_counter()
             for i, path in enumerate(batch):
@@ -228,31 +234,56 @@ def time_rows(rows: dict, paths: list[str], *, rounds: int) -> dict:
     return {label: statistics.median(rate) for label, rate in rates.items()}
 
 
+def time_tails(rows: dict, paths: list[str], device: torch.device) -> dict:
+    """ms per image of each (d) row's device tail on `device`, on batches of 64 of its inputs."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    result = {}
+    for label, (load, transform, tail) in rows.items():
+        if tail is None:
+            continue
+        batch = default_collate([transform(load(p)) for p in (paths * 64)[:64]])  # (64, 3, H, W)
+        batch = batch.to(device)
+        tail = tail.to(device)
+        times = []
+        for _ in range(4):  # the first warms up
+            start = time.perf_counter()
+            tail(batch)
+            sync()
+            times.append(time.perf_counter() - start)
+        result[label] = statistics.median(times[1:]) * 1000 / len(batch)
+    return result
+
+
 def agreement(rows: dict, paths: list[str]) -> dict:
-    """Per transform: (a) vs (b) in uint8 levels (mean, 99th percentile, max) and the share of
-    images on which a fixed random ViT-Ti/16 (head re-initialized, not zero) gives one top-1."""
+    """Per transform, (a), (c) and (d) (its tail run per image) vs (b), on the same draws: uint8
+    levels (mean, 99th percentile, max) and the share of images on which a fixed random
+    ViT-Ti/16 (head re-initialized, not zero) gives one top-1. (d)'s BatchRandAugment draws a
+    batch at once, not as v2 does, so for it (c) stands in: v2's draws on the same kernels."""
     torch.manual_seed(0)
     model = vit.create_vit("tiny", image_size=224, patch_size=16, num_classes=1000).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)
     result = {}
     for label in rows:
-        if ": (a)" not in label:
+        load, transform, tail = rows[label]
+        randaugment = tail is not None and len(tail) > 1
+        if not (": (a)" in label or ": (c)" in label or (tail is not None and not randaugment)):
             continue
         name = label.split(":")[0]
         outputs = []
         for row in (label, f"{name}: (b) PIL + v2, reference"):
-            load, transform = rows[row]
+            load, transform, tail = rows[row]
             draws = []
             for i, path in enumerate(paths):
-                torch.default_generator.manual_seed(i)
-                draws.append(transform(load(path)))
+                torch.default_generator.manual_seed(i)  # the tail draws after the loader's part
+                image = transform(load(path))
+                draws.append(image if tail is None else tail(image[None])[0])
             outputs.append(torch.stack(draws))  # (N, 3, 224, 224) normalized
         std = torch.tensor(transform.transforms[-1].std).view(1, 3, 1, 1)
         levels = ((outputs[0] - outputs[1]) * std * 255).abs().flatten()
         with torch.no_grad():
             top1 = [torch.cat([model(x) for x in out.split(25)]).argmax(1) for out in outputs]
         p99 = levels.kthvalue(max(1, int(0.99 * levels.numel()))).values  # quantile() caps size
-        result[name] = dict(mean=levels.mean().item(), p99=p99.item(), max=levels.max().item(),
+        result[label] = dict(mean=levels.mean().item(), p99=p99.item(), max=levels.max().item(),
                             agree=100 * (top1[0] == top1[1]).float().mean().item(),
                             classes=len(set(top1[1].tolist())))
     return result
@@ -277,6 +308,7 @@ def run_jpeg(args) -> None:
         kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
         rows = jpeg_rows(args.augment)
         rate = time_rows(rows, paths, rounds=args.rounds)
+        tail_ms = time_tails(rows, paths, torch.device(args.device))
         agree = agreement(rows, paths)
     floor = rate["decode only, torchvision.io"]
     print(f"{source} (mean {kb:.0f} KB); torch {torch.__version__}, torchvision "
@@ -289,11 +321,15 @@ def run_jpeg(args) -> None:
         peer = rate.get(f"{name}: (b) PIL + v2, reference")
         vs = f"{r / peer:.2f}x" if peer is not None and ": (" in label else "-"
         print(f"| {label} | {r:.0f} | {vs} | {floor / r:.2f}x |")
-    print("\n| transform | (a) vs (b), uint8 levels: mean / p99 / max | same top-1 (random "
-          "ViT-Ti/16) | classes predicted |")
+    print(f"\n{DEVICE_ROW}: the loader processes stop at the uint8 crop; the GPU then runs "
+          f"the rest on the batch (inputs/on_device.py). That part on {args.device} (batches "
+          "of 64): " + ", ".join(
+              f"{label.split(':')[0]} {ms:.2f} ms/img" for label, ms in tail_ms.items()))
+    print("\n| pipeline vs (b), same draws | uint8 levels: mean / p99 / max | same top-1 "
+          "(random ViT-Ti/16) | classes predicted |")
     print("|---|---|---|---|")
-    for name, a in agree.items():
-        print(f"| {name} | {a['mean']:.3f} / {a['p99']:.0f} / {a['max']:.0f} | "
+    for label, a in agree.items():
+        print(f"| {label} | {a['mean']:.3f} / {a['p99']:.0f} / {a['max']:.0f} | "
               f"{a['agree']:.1f}% | {a['classes']} |")
     need = args.gpus * args.gpu_img_s
     print(f"\n{args.gpus} GPUs x {args.gpu_img_s} img/s = {need} img/s need, per training "
@@ -318,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     jpeg.add_argument("--gpus", type=int, default=8, help="GPUs to feed")
     jpeg.add_argument("--gpu-img-s", type=int, default=GPU_IMG_S,
                       help="images/s one GPU trains (default: an LLB step on an H100, 40%% MFU)")
+    jpeg.add_argument("--device", default="cpu", help="where to time (d)'s device part (cuda)")
     args = parser.parse_args(argv)
     if args.jpeg:
         if args.augment == ["none", "basic"]:  # the PNG mode's default: measure all three

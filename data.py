@@ -8,23 +8,20 @@ Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 supe
 json split); their files are read by inputs/images.py; `synthetic` is inputs/synthetic.py's.
 
 Augmentation (`augment`, default `default_augment`'s): `paper` is the authors' recipe for LLB
-on a pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for a 224 px crop, 384 for
-SWAG's 384, whatever the weights' own eval resize) -> CenterCrop -> RandAugment(3, 9) (CIFAR:
-crop + flip + RandAugment); `basic` is for a ViT from scratch and never crops away most of an
-image (`basic_steps`): up to PAD_CROP_UP_TO px a random crop of the image padded by 1/8 of its
-side (CIFAR's pad-4 crop at 32 px), larger photos a random-resized crop of at least
-RESIZED_CROP_SCALE of the area, + flip except on a folder (digits and text change class when
-mirrored); `none` trains on the eval framing (what a folder from scratch gets by default):
-Resize 256 (bicubic) -> CenterCrop 224, or with `eval_spec` the released weights' sizes,
-interpolation, mean and std; `eval_framing="authors"` evaluates on Resize authors_resize(crop)
-bicubic -> CenterCrop instead.
+on a pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for 224 px, 384 for SWAG's
+384, whatever the weights' own eval resize) -> CenterCrop -> RandAugment(3, 9) (CIFAR: crop +
+flip + RandAugment); `basic`, for a ViT from scratch, never crops away most of an image
+(`basic_steps`: a pad-and-crop up to PAD_CROP_UP_TO px, a random-resized crop above, a flip
+except on a folder: digits and text change class when mirrored); `none` trains on the eval
+framing: Resize 256 (bicubic) -> CenterCrop 224, or with `eval_spec` the released weights'
+sizes, interpolation, mean and std; `eval_framing="authors"` evaluates on Resize
+authors_resize(crop) bicubic -> CenterCrop instead.
 
 Files are decoded to uint8 tensors (`pipeline="tensor"`, images.load_uint8: torchvision.io for
-JPEG) and framed by v2's uint8 tensor kernels; RandAugment runs on a PIL view (AsPIL); the last
-step converts to float and normalizes in one pass (ToNormalized). Per loader core on 500x375
-JPEGs this is 2.1-3.2x the PIL pipeline for evaluation, 1.4-1.9x for training (RandAugment's
-own cost bounds `paper`) (`pipeline="pil"`, images.load_rgb, all steps on PIL images), with the
-pixels within a uint8 level of it (`python benchmark_data.py --jpeg`, docs/performance.md).
+JPEG), framed by v2's uint8 kernels, RandAugment on a PIL view (AsPIL), then ToNormalized. With
+`on_device` (training on CUDA) the loader stops at the uint8 crop and the GPU runs RandAugment
+and the normalize on the batch (device_split, inputs/on_device.py). `pipeline="pil"` is
+torchvision's reference, PIL throughout. Rates per core: benchmark_data.py --jpeg.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
 first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
@@ -48,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from inputs import on_device
 from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
                            load_uint8)
 from inputs.named_sets import build_cifar, build_places365
@@ -202,6 +200,21 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
     return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
 
 
+def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential | None]:
+    """(the loader's part of `transform`, ending in uint8 (3, H, W); the device's part, on a batch
+    (inputs/on_device.py)): the device takes the normalize and a RandAugment right before it (not
+    CIFAR's, which a resize follows). (transform, None) if it does not end in ToNormalized."""
+    steps = list(transform.transforms)
+    if not isinstance(steps[-1], ToNormalized):  # synthetic: float tensors, v2.Normalize
+        return transform, None
+    norm = steps.pop()
+    tail = [on_device.Normalize(norm.mean, norm.std)]
+    if len(steps) >= 2 and isinstance(steps[-2], AsPIL):  # [..., AsPIL(RandAugment), PILToTensor]
+        ra = steps.pop(-2).transform
+        tail.insert(0, on_device.BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
+    return v2.Compose(steps), torch.nn.Sequential(*tail)
+
+
 def basic_steps(name: str, size: int, framing: list) -> list:
     """`basic` for a photo set or folder at `size` px: up to PAD_CROP_UP_TO px the eval framing,
     then a crop of it padded by size // 8 (CIFAR's recipe); above, a random-resized crop of at
@@ -258,10 +271,8 @@ def default_augment(name: str, *, pretrained: bool, backbone_augment: str | None
     synthetic: none (a flip or crop would move the marks that tell twin objects apart); CIFAR:
     basic (pad-4 crop + flip); photo sets: the paper's RandAugment on released weights (the
     authors' setting), else what the backbone checkpoint was trained with; from scratch, none on
-    a folder, basic on the large photo sets. A ViT from scratch on a folder of 1,437 digit scans
-    (32 px, ViT-micro/4, 30 epochs) reached 95% top-1 without augmentation, about 50% with
-    `basic`'s 4 px pad-crop (epoch 19) and 24% with a random-resized crop: a folder is small, and
-    its content unknown (docs/real_images.md)."""
+    a folder (a ViT-micro on 1,437 digit scans: 96% top-1 with none, 42% with `basic`'s pad-crop,
+    docs/real_images.md), basic on the large photo sets."""
     if name == "synthetic" or (name == "folder" and not pretrained and backbone_augment is None):
         return "none"
     if name in CIFAR_STATS:
@@ -278,14 +289,16 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
                    classes: int | str | None = None, max_per_class: int | None = None,
                    download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
                    weights_name: str | None = None, eval_framing: str = "weights",
-                   decode_budget_bytes: int = DECODE_BUDGET_BYTES, pipeline: str = "tensor"
-                   ) -> tuple[Dataset, Dataset, DataInfo]:
+                   decode_budget_bytes: int = DECODE_BUDGET_BYTES, pipeline: str = "tensor",
+                   on_device: bool = False) -> tuple[Dataset, Dataset, DataInfo]:
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
     `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
     None means `default_augment`'s. `decode_budget_bytes=0` streams every set.
     `eval_framing` (EVAL_FRAMINGS): the val split's framing, the weights' own or the authors'.
     `pipeline` (PIPELINES): how image files are decoded and framed, uint8 tensors or PIL.
+    `on_device`: items are uint8, and a set's `batch_transform` (device_split) finishes a batch
+    on the device; build_loader(..., device=) applies it.
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
@@ -295,6 +308,10 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         augment = default_augment(name, pretrained=eval_spec is not None)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
                                              augment=augment, eval_framing=eval_framing)
+    tails = (None, None)
+    if on_device:
+        (train_tf, train_tail), (val_tf, val_tail) = map(device_split, (train_tf, val_tf))
+        tails = (train_tail, val_tail)
     coarse_of_class = None
     coarse_names = None
     if name == "synthetic":  # classes are exactly balanced: M per class = 10 M images
@@ -328,16 +345,15 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         raise ValueError(f"pretrained head of {weights_name or 'the weights'} has "
                          f"{expected_num_classes} classes but {name} has {info.num_classes}; use "
                          "--method vit to fine-tune a new head, or pick matching weights")
+    train.batch_transform, val.batch_transform = tails
     if name in ("imagenet", "folder"):  # last: every check above runs before any decoding
         decode_within_budget([train, val], budget_bytes=decode_budget_bytes)
     return train, val, info
 
 
 class EvalShardSampler(Sampler[int]):
-    """Indices rank::world_size: disjoint shards covering the set exactly once.
-
-    DistributedSampler pads shards with repeated samples, which would skew eval accuracy.
-    """
+    """Indices rank::world_size: disjoint shards covering the set exactly once
+    (DistributedSampler pads shards with repeated samples, which would skew eval accuracy)."""
 
     def __init__(self, dataset_size: int, *, rank: int, world_size: int) -> None:
         self.indices = range(rank, dataset_size, world_size)
@@ -361,11 +377,13 @@ def default_workers(world_size: int) -> int:
 
 def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int | None = None,
                  rank: int = 0, world_size: int = 1, seed: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, device: torch.device | str = "cpu"
+                 ) -> DataLoader | on_device.OnDevice:
     """Train: shuffled by a DistributedSampler (also for one process: call
     loader.sampler.set_epoch(e), so each epoch's order depends on (seed, epoch) alone and a resumed
     run sees the same batches as an uninterrupted one), last partial batch dropped.
-    Eval: in order, nothing dropped, disjoint unpadded shards."""
+    Eval: in order, nothing dropped, disjoint unpadded shards. A set with a `batch_transform`
+    (build_datasets(on_device=True)) has its batches moved to `device` and finished there."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size="
                          f"{batch_size}, rank={rank}, world_size={world_size}")
@@ -381,9 +399,10 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
     else:
         sampler = EvalShardSampler(len(dataset), rank=rank, world_size=world_size)
     # Seeds the workers' augmentation RNGs, distinct per rank. (With workers > 0 a resumed run
-    # draws other augmentations than an uninterrupted one; with 0 workers the global RNG, which
-    # checkpoints restore, drives them.)
+    # draws other augmentations; with 0 workers or on the device the global RNG, restored, does.)
     generator = torch.Generator().manual_seed(seed * world_size + rank)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                      sampler=sampler, drop_last=train, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        sampler=sampler, drop_last=train, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
+    tail = getattr(dataset, "batch_transform", None)
+    return loader if tail is None else on_device.OnDevice(loader, device, tail)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 import benchmark
 import data
@@ -195,6 +196,10 @@ def test_eval_framing_is_an_option_saved_in_the_recipe_and_taken_by_eval_only(tm
         resize = val_loader.dataset.transform.transforms[0]
         assert (resize.size, resize.interpolation.value) == (val_resize, "bicubic")
         assert train_loader.dataset.transform.transforms[0].size == [256]  # the authors' train
+        # on the CPU the loader processes run the whole transform (inputs/on_device.py: CUDA)
+        assert isinstance(train_loader, DataLoader) and isinstance(val_loader, DataLoader)
+        kinds = [type(t).__name__ for t in train_loader.dataset.transform.transforms]
+        assert kinds[-2:] == ["PILToTensor", "ToNormalized"] and "AsPIL" in kinds
     # the checkpoint's recipe carries it to --eval-only, which may change it
     ckpt = {"kind": "vit", "recipe": asdict(r)}
     args = train.parse_args(["--eval-only", "x.pt"])

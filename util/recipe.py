@@ -368,11 +368,12 @@ def build_loaders(r: Recipe, *, rank: int, world: int, workers: int | None,
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
         augment=r.augment, classes=r.classes,
         max_per_class=r.max_per_class, download=download and rank == 0, seed=r.seed,
-        expected_num_classes=expected, weights_name=r.pretrained, eval_framing=r.eval_framing)
+        expected_num_classes=expected, weights_name=r.pretrained, eval_framing=r.eval_framing,
+        on_device=device.type == "cuda")  # RandAugment and normalize on the GPU (on_device.py)
     if download and rank == 0:
         distributed.barrier()
     loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
-                  pin_memory=device.type == "cuda", batch_size=r.batch_size)
+                  pin_memory=device.type == "cuda", batch_size=r.batch_size, device=device)
     train_loader = data.build_loader(train_set, train=True, **loader) if train else None
     return train_loader, data.build_loader(val_set, train=False, **loader), info
 
