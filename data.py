@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from inputs import on_device
+from inputs.on_device import BatchRandAugment, BatchNormalize, OnDevice
 from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
                            load_uint8)
 from inputs.named_sets import build_cifar, build_places365
@@ -208,10 +208,10 @@ def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential
     if not isinstance(steps[-1], ToNormalized):  # synthetic: float tensors, v2.Normalize
         return transform, None
     norm = steps.pop()
-    tail = [on_device.Normalize(norm.mean, norm.std)]
+    tail = [BatchNormalize(norm.mean, norm.std)]
     if len(steps) >= 2 and isinstance(steps[-2], AsPIL):  # [..., AsPIL(RandAugment), PILToTensor]
         ra = steps.pop(-2).transform
-        tail.insert(0, on_device.BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
+        tail.insert(0, BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
     return v2.Compose(steps), torch.nn.Sequential(*tail)
 
 
@@ -378,7 +378,7 @@ def default_workers(world_size: int) -> int:
 def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int | None = None,
                  rank: int = 0, world_size: int = 1, seed: int = 0,
                  pin_memory: bool = False, device: torch.device | str = "cpu"
-                 ) -> DataLoader | on_device.OnDevice:
+                 ) -> DataLoader | OnDevice:
     """Train: shuffled by a DistributedSampler (also for one process: call
     loader.sampler.set_epoch(e), so each epoch's order depends on (seed, epoch) alone and a resumed
     run sees the same batches as an uninterrupted one), last partial batch dropped.
@@ -405,4 +405,4 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                         sampler=sampler, drop_last=train, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
     tail = getattr(dataset, "batch_transform", None)
-    return loader if tail is None else on_device.OnDevice(loader, device, tail)
+    return loader if tail is None else OnDevice(loader, device, tail)

@@ -9,12 +9,13 @@ shared memory and the pinned copy. An 8-GPU ImageNet run is loader-bound
 loaders turn it on where the device is CUDA. On the CPU the loader processes keep the whole
 transform (RandAugment's PIL kernels are ~3x faster there than these tensor kernels).
 
-    tail = torch.nn.Sequential(BatchRandAugment(3, 9), Normalize(mean, std))
+    tail = torch.nn.Sequential(BatchRandAugment(3, 9), BatchNormalize(mean, std))
     for x, y in OnDevice(loader, device, tail): ...  # x: (B, 3, H, W) float32 on `device`
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torchvision.transforms import v2
 
 
@@ -26,15 +27,15 @@ class BatchRandAugment(torch.nn.Module):
     drawn for the whole batch at once from the global CPU generator (v2 draws image by image,
     ~0.1 ms an image in Python). The images that drew the same op and sign in a round go
     through torchvision's kernel for it together: at most 2 x 14 kernel calls a round.
-    Note: tensor kernels, not PIL's (as data.AsPIL): 0.07 uint8 levels apart on average, but
-    where a rotate or shear rounds differently an edge pixel can differ fully
-    (benchmark_data.py --jpeg).
+    Note: tensor kernels, not PIL's (as data.AsPIL): 0.06-0.17 uint8 levels apart on average,
+    but where a rotate or shear rounds differently an edge pixel can differ fully
+    (benchmark_data.py --jpeg, docs/performance.md).
     """
 
     def __init__(self, num_ops: int = 3, magnitude: int = 9) -> None:
         super().__init__()
-        # Note: torchvision's op table and kernels, through its private names; the tests against
-        # v2.RandAugment (tests/test_on_device.py) fail if a torchvision version changes them.
+        # Note: torchvision's op table and kernels, through its private names; the tests
+        # (tests/test_on_device.py) fail if a torchvision version changes them.
         self.reference = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
     def signed_magnitudes(self, height: int, width: int) -> dict:
@@ -52,8 +53,11 @@ class BatchRandAugment(torch.nn.Module):
         table = self.signed_magnitudes(height, width)
         names = list(table)
         num_ops = self.reference.num_ops
-        op = torch.randint(len(names), (num_ops, batch))  # (rounds, B) each image's op
-        negative = torch.rand(num_ops, batch) <= 0.5  # (rounds, B) the sign, where signed
+        # Every DDP rank draws for the global batch and keeps its own slice: train.py seeds all
+        # ranks alike, and they must not give their i-th images the same ops.
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        op = torch.randint(len(names), (world, num_ops, batch))[rank]  # (rounds, B) image's op
+        negative = (torch.rand(world, num_ops, batch) <= 0.5)[rank]  # (rounds, B) if signed
         rounds = []
         for r in range(num_ops):
             groups = {}
@@ -89,7 +93,7 @@ class BatchRandAugment(torch.nn.Module):
         return f"num_ops={self.reference.num_ops}, magnitude={self.reference.magnitude}"
 
 
-class Normalize(torch.nn.Module):
+class BatchNormalize(torch.nn.Module):
     """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, the values of data.ToNormalized."""
 
     def __init__(self, mean: tuple, std: tuple) -> None:

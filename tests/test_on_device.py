@@ -1,7 +1,7 @@
 """Tests for inputs/on_device.py: the end of the pipeline run on a whole batch on the device.
 
 BatchRandAugment must draw RandAugment's ops and magnitudes and apply torchvision's v2 kernels
-image after image, Normalize must equal data.ToNormalized, data.device_split must hand the
+image after image, BatchNormalize must equal data.ToNormalized, data.device_split must hand the
 device only what may move there, and a loader of such a set must give the tensors the loader
 processes give without it. Run here on the CPU: the device code is the same on CUDA.
 """
@@ -86,11 +86,30 @@ def test_batch_randaugment_draws_per_image_and_leaves_its_input_alone():
     assert len(distinct) > 16, "one draw per image, not one for the whole batch"
 
 
-def test_normalize_equals_to_normalized_per_image():
+def test_ddp_ranks_seeded_alike_draw_their_own_slice_of_the_global_batch(monkeypatch):
+    batch_ra = on_device.BatchRandAugment(num_ops=3, magnitude=9)
+
+    def draws(rank, world):
+        monkeypatch.setattr(on_device.dist, "is_initialized", lambda: world > 1)
+        monkeypatch.setattr(on_device.dist, "get_rank", lambda: rank)
+        monkeypatch.setattr(on_device.dist, "get_world_size", lambda: world)
+        torch.manual_seed(0)  # train.py seeds every rank alike
+        ops = torch.full((3, 16), -1)
+        for r, groups in enumerate(batch_ra.draw(16, 24, 24)):
+            for (name, magnitude), members in groups.items():
+                ops[r, members] = names.index(name) * 2 + (magnitude < 0)
+        return ops  # (rounds, B) a code of each image's op and sign
+    names = list(batch_ra.signed_magnitudes(24, 24))
+    assert (draws(0, 1) >= 0).all()
+    assert torch.equal(draws(0, 1), draws(0, 1))
+    assert not torch.equal(draws(0, 2), draws(1, 2))
+
+
+def test_batch_normalize_equals_to_normalized_per_image():
     x = _images(n=5, size=17)
     mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
     expected = torch.stack([data.ToNormalized(mean, std)(image) for image in x])
-    got = on_device.Normalize(mean, std)(x)
+    got = on_device.BatchNormalize(mean, std)(x)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, expected)
 
@@ -104,17 +123,17 @@ def test_device_split_moves_the_normalize_and_a_final_randaugment_only():
                                          augment="paper")
     worker, tail = data.device_split(train)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
-    assert _kinds(tail) == ["BatchRandAugment", "Normalize"]
+    assert _kinds(tail) == ["BatchRandAugment", "BatchNormalize"]
     worker, tail = data.device_split(val)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
-    assert _kinds(tail) == ["Normalize"]
+    assert _kinds(tail) == ["BatchNormalize"]
     # CIFAR on released weights: a resize follows RandAugment, so it stays in the worker
     spec = {"resize_size": 64, "crop_size": 64, "interpolation": "bicubic",
             "mean": (0.5,) * 3, "std": (0.5,) * 3}
     train, _, _ = data.make_transforms("cifar10", image_size=None, eval_spec=spec,
                                        augment="paper")
     worker, tail = data.device_split(train)
-    assert "AsPIL" in _kinds(worker.transforms) and _kinds(tail) == ["Normalize"]
+    assert "AsPIL" in _kinds(worker.transforms) and _kinds(tail) == ["BatchNormalize"]
     # synthetic: float tensors, normalized by v2; nothing to move
     train, _, _ = data.make_transforms("synthetic", image_size=None, eval_spec=None,
                                        augment="none")
@@ -146,8 +165,8 @@ def test_paper_on_the_device_augments_every_training_batch(tmp_path):
     root = _jpeg_folder(tmp_path / "f")
     train, val, _ = data.build_datasets("imagenet", str(root), augment="paper", on_device=True,
                                         decode_budget_bytes=0)
-    assert _kinds(train.batch_transform) == ["BatchRandAugment", "Normalize"]
-    assert _kinds(val.batch_transform) == ["Normalize"]
+    assert _kinds(train.batch_transform) == ["BatchRandAugment", "BatchNormalize"]
+    assert _kinds(val.batch_transform) == ["BatchNormalize"]
     loader = data.build_loader(train, batch_size=6, train=True, workers=0, device="cpu")
     torch.manual_seed(0)
     x, _ = next(iter(loader))
@@ -157,12 +176,12 @@ def test_paper_on_the_device_augments_every_training_batch(tmp_path):
 
 def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
     """train.py end to end with the CUDA path (forced here on the CPU): both stages train on
-    batches finished by BatchRandAugment + Normalize, and evaluate on Normalize's."""
+    batches finished by BatchRandAugment + BatchNormalize, and evaluate on BatchNormalize's."""
     build = data.build_datasets
     def build_on_device(*args, **kwargs):  # what recipe.build_loaders asks for on CUDA
         return build(*args, **kwargs | {"on_device": True})
     monkeypatch.setattr(data, "build_datasets", build_on_device)
-    calls = {"BatchRandAugment": 0, "Normalize": 0}
+    calls = {"BatchRandAugment": 0, "BatchNormalize": 0}
     for name in calls:
         cls = getattr(on_device, name)
         forward = cls.forward
@@ -179,4 +198,4 @@ def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
                           "--out-dir", str(tmp_path / "r")])
     assert results["top1_integrated"] is not None
     assert calls["BatchRandAugment"] >= 2 * 3  # two stages x 3 training batches of 2
-    assert calls["Normalize"] > calls["BatchRandAugment"]  # and every evaluation batch
+    assert calls["BatchNormalize"] > calls["BatchRandAugment"]  # and every evaluation batch
