@@ -32,9 +32,9 @@ normalized float tensor a worker hands to the batch, for the evaluation transfor
 and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
 per image (the CPU generator seeded by the image index); rows are interleaved over `--rounds`
 rounds and each row's best round is reported (another process on the core only slows a round
-down; medians moved by 15% between runs on a shared VM). It also prints the mean absolute difference from (b)
-in uint8 levels, the top-1 agreement of a fixed randomly initialized ViT-Ti/16 on both, and
-the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
+down; medians moved by 15% between runs on a shared VM). It also prints the mean absolute
+difference from (b) in uint8 levels, the top-1 agreement of a fixed randomly initialized
+ViT-Ti/16 on both, and the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
 """
 from __future__ import annotations
 
