@@ -355,13 +355,17 @@ def main(argv: list[str] | None = None) -> None:
     jpeg.add_argument("--gpus", type=int, default=8, help="GPUs to feed")
     jpeg.add_argument("--gpu-img-s", type=int, default=GPU_IMG_S,
                       help="images/s one GPU trains (default: an LLB step on an H100, 40%% MFU)")
-    jpeg.add_argument("--device", default="cpu", help="where to time (d)'s device part (cuda)")
+    jpeg.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                      help="where to time (d)'s device part")
     args = parser.parse_args(argv)
     if args.jpeg:
         if args.augment == ["none", "basic"]:  # the PNG mode's default: measure all three
             args.augment = list(data.AUGMENTS)
         if min(args.count, args.rounds, args.gpus, args.gpu_img_s) < 1:
             parser.error("--count, --rounds, --gpus and --gpu-img-s must be >= 1")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here; leave --device out to "
+                         "time the device part on the CPU")
         run_jpeg(args)
         return
     if args.epochs < 1 or args.train_per_class * CLASSES < BATCH or args.val_per_class < 1:

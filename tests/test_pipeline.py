@@ -123,6 +123,13 @@ def test_benchmark_jpeg_prints_rates_agreement_and_cores(capsys):
         assert mean is not None and float(mean.group(1)) < 0.5, row
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_benchmark_jpeg_refuses_cuda_where_there_is_none(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_data.main(["--jpeg", "--device", "cuda"])
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
+
+
 def test_benchmark_jpeg_refuses_a_folder_without_jpegs(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     for folder in (tmp_path, tmp_path / "nope"):
