@@ -5,7 +5,8 @@
 DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
 Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 superclasses),
 `imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365`, `inat2018` (official
-json split); their files are read by inputs/images.py; `synthetic` is inputs/synthetic.py's.
+json split); their files are read by inputs/images.py (ImageNet-ReaL's labels by
+inputs/named_sets.py: `read_real_labels`, `real_hits`); `synthetic` is inputs/synthetic.py's.
 
 Augmentation (`augment`, default `default_augment`'s): `paper` is the authors' recipe for LLB
 on a pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for 224 px, 384 for SWAG's
@@ -24,13 +25,9 @@ and the normalize on the batch (device_split, inputs/on_device.py). `pipeline="p
 torchvision's reference, PIL throughout. Rates per core: benchmark_data.py --jpeg.
 
 A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
-first, then val, from one budget) is decoded once into memory (images.ImageFiles.decode): an
-epoch then decodes nothing and its loader defaults to 0 workers; larger sets stream, decoding
-every epoch in `default_workers` processes. The leading Resize/CenterCrop runs once at decode
-time with the same calls as streaming, so eval tensors are identical either way. Under DDP each
-process holds a copy.
-
-ImageNet-ReaL's labels are read by inputs/named_sets.py (`read_real_labels`, `real_hits`).
+first, then val) is decoded once into memory (images.ImageFiles.decode; a copy per DDP process)
+and framed by the Resize/CenterCrop calls streaming makes: an epoch then decodes nothing, with
+0 workers by default. Larger sets stream, decoding in `default_workers` processes.
 """
 from __future__ import annotations
 
@@ -45,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from inputs.on_device import BatchRandAugment, BatchNormalize, OnDevice
+from inputs.on_device import BatchRandAugment, OnDevice
 from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
                            load_uint8)
 from inputs.named_sets import build_cifar, build_places365
@@ -77,7 +74,6 @@ INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
                   "bicubic": v2.InterpolationMode.BICUBIC, "nearest": v2.InterpolationMode.NEAREST}
 
 
-
 @dataclass(kw_only=True)
 class DataInfo:
     name: str
@@ -92,8 +88,7 @@ class DataInfo:
 # ----------------------------------------------------------------------------------- transforms
 class AsPIL(torch.nn.Module):
     """Runs `transform` on a PIL image: a uint8 tensor (3, H, W) goes there and back (~0.2 ms at
-    224 px). RandAugment(3, 9) on PIL is ~3x faster per core than on v2's uint8 tensor kernels
-(their affine ops go through float grid_sample)."""
+    224 px). RandAugment(3, 9) on PIL is ~3x faster per core than on v2's tensor kernels."""
 
     def __init__(self, transform: torch.nn.Module) -> None:
         super().__init__()
@@ -107,20 +102,21 @@ class AsPIL(torch.nn.Module):
 
 
 class ToNormalized(torch.nn.Module):
-    """uint8 (3, H, W) -> float32 (x / 255 - mean) / std, in one pass: the same values as v2's
-    ToDtype(scale=True) -> Normalize (within 1e-6), 3-4x faster per image."""
+    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std in one pass, an image or a batch
+    (device_split): v2's ToDtype(scale=True) -> Normalize within 1e-6, 3-4x faster an image."""
 
     def __init__(self, mean: tuple, std: tuple) -> None:
         super().__init__()
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.shift = torch.tensor(mean).view(3, 1, 1) * 255  # mean in uint8 levels, (3, 1, 1)
-        self.scale = 1 / (torch.tensor(std).view(3, 1, 1) * 255)  # (3, 1, 1)
+        # mean in uint8 levels and 1 / (255 std), (3, 1, 1); buffers: they follow .to(device)
+        self.register_buffer("shift", torch.tensor(mean).view(3, 1, 1) * 255, persistent=False)
+        scale = 1 / (torch.tensor(std).view(3, 1, 1) * 255)
+        self.register_buffer("scale", scale, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # Note: contiguous, whatever the input's strides (a JPEG decodes channels-last): 3x faster
-        # than .float() on a channels-last crop, and what the batch is stacked from
-        image = image.to(torch.float32, memory_format=torch.contiguous_format)  # (3, H, W)
+        # Note: contiguous whatever the strides (JPEGs decode channels-last): 3x faster than float()
+        image = image.to(torch.float32, memory_format=torch.contiguous_format)  # (..., 3, H, W)
         return image.sub_(self.shift).mul_(self.scale)
 
     def extra_repr(self) -> str:
@@ -146,8 +142,8 @@ def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None
                     augment: str, eval_framing: str = "weights"
                     ) -> tuple[v2.Compose, v2.Compose, int]:
     """(train transform, val transform, output size) for dataset `name` and `augment`;
-    eval_framing "authors" replaces the val framing of `eval_spec` by the authors' (authors_spec).
-    """
+    eval_framing "authors" replaces the val framing of `eval_spec` by the authors'
+    (authors_spec)."""
     randaugment = [AsPIL(v2.RandAugment(num_ops=3, magnitude=9))]
     if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
         mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
@@ -207,8 +203,7 @@ def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential
     steps = list(transform.transforms)
     if not isinstance(steps[-1], ToNormalized):  # synthetic: float tensors, v2.Normalize
         return transform, None
-    norm = steps.pop()
-    tail = [BatchNormalize(norm.mean, norm.std)]
+    tail = [steps.pop()]  # ToNormalized: per image or on a batch alike
     if len(steps) >= 2 and isinstance(steps[-2], AsPIL):  # [..., AsPIL(RandAugment), PILToTensor]
         ra = steps.pop(-2).transform
         tail.insert(0, BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
@@ -308,12 +303,10 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         augment = default_augment(name, pretrained=eval_spec is not None)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
                                              augment=augment, eval_framing=eval_framing)
-    tails = (None, None)
-    if on_device:
+    train_tail = val_tail = None
+    if on_device:  # the loader's part and the device's
         (train_tf, train_tail), (val_tf, val_tail) = map(device_split, (train_tf, val_tf))
-        tails = (train_tail, val_tail)
-    coarse_of_class = None
-    coarse_names = None
+    coarse_of_class = coarse_names = None
     if name == "synthetic":  # classes are exactly balanced: M per class = 10 M images
         sizes = {} if max_per_class is None else {"num_images": SYNTHETIC_CLASSES * max_per_class}
         train = SyntheticObjects("train", seed=seed, transform=train_tf, **sizes)
@@ -345,7 +338,7 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         raise ValueError(f"pretrained head of {weights_name or 'the weights'} has "
                          f"{expected_num_classes} classes but {name} has {info.num_classes}; use "
                          "--method vit to fine-tune a new head, or pick matching weights")
-    train.batch_transform, val.batch_transform = tails
+    train.batch_transform, val.batch_transform = train_tail, val_tail
     if name in ("imagenet", "folder"):  # last: every check above runs before any decoding
         decode_within_budget([train, val], budget_bytes=decode_budget_bytes)
     return train, val, info
@@ -368,8 +361,7 @@ class EvalShardSampler(Sampler[int]):
 def default_workers(world_size: int) -> int:
     """Loader processes per rank for a streamed set: the cores this process may run on, shared by
     the ranks on this machine (torchrun's LOCAL_WORLD_SIZE, else all `world_size`), less one for
-    the rank itself; at least 1. Decoding and augmenting ImageNet's JPEGs needs more cores than
-    an 8-GPU node has (docs/performance.md), so none is left idle."""
+    the rank itself; at least 1: ImageNet's JPEGs keep every core busy (docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     return max(1, (cores or 1) // max(1, local) - 1)
@@ -381,9 +373,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                  ) -> DataLoader | OnDevice:
     """Train: shuffled by a DistributedSampler (also for one process: call
     loader.sampler.set_epoch(e), so each epoch's order depends on (seed, epoch) alone and a resumed
-    run sees the same batches as an uninterrupted one), last partial batch dropped.
-    Eval: in order, nothing dropped, disjoint unpadded shards. A set with a `batch_transform`
-    (build_datasets(on_device=True)) has its batches moved to `device` and finished there."""
+    run sees the same batches), last partial batch dropped. Eval: in order, nothing dropped,
+    disjoint unpadded shards. A set with a `batch_transform` (build_datasets(on_device=True))
+    has its batches moved to `device` and finished there (inputs/on_device.OnDevice)."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size="
                          f"{batch_size}, rank={rank}, world_size={world_size}")

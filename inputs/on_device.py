@@ -9,7 +9,7 @@ shared memory and the pinned copy. An 8-GPU ImageNet run is loader-bound
 loaders turn it on where the device is CUDA. On the CPU the loader processes keep the whole
 transform (RandAugment's PIL kernels are ~3x faster there than these tensor kernels).
 
-    tail = torch.nn.Sequential(BatchRandAugment(3, 9), BatchNormalize(mean, std))
+    tail = torch.nn.Sequential(BatchRandAugment(3, 9), data.ToNormalized(mean, std))
     for x, y in OnDevice(loader, device, tail): ...  # x: (B, 3, H, W) float32 on `device`
 """
 from __future__ import annotations
@@ -91,26 +91,6 @@ class BatchRandAugment(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_ops={self.reference.num_ops}, magnitude={self.reference.magnitude}"
-
-
-class BatchNormalize(torch.nn.Module):
-    """uint8 (B, 3, H, W) -> float32 (x / 255 - mean) / std, the values of data.ToNormalized."""
-
-    def __init__(self, mean: tuple, std: tuple) -> None:
-        super().__init__()
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        # mean in uint8 levels and 1 / (255 std), (1, 3, 1, 1)
-        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
-        scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
-        self.register_buffer("scale", scale, persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(torch.float32, memory_format=torch.contiguous_format)
-        return images.sub_(self.shift).mul_(self.scale)  # (B, 3, H, W) float32
-
-    def extra_repr(self) -> str:
-        return f"mean={self.mean}, std={self.std}"
 
 
 class OnDevice:

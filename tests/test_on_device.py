@@ -1,9 +1,10 @@
 """Tests for inputs/on_device.py: the end of the pipeline run on a whole batch on the device.
 
 BatchRandAugment must draw RandAugment's ops and magnitudes and apply torchvision's v2 kernels
-image after image, BatchNormalize must equal data.ToNormalized, data.device_split must hand the
-device only what may move there, and a loader of such a set must give the tensors the loader
-processes give without it. Run here on the CPU: the device code is the same on CUDA.
+image after image, data.ToNormalized must normalize a batch as it does each image,
+data.device_split must hand the device only what may move there, and a loader of such a set
+must give the tensors the loader processes give without it. Run here on the CPU: the device
+code is the same on CUDA.
 """
 import pytest
 import torch
@@ -105,11 +106,11 @@ def test_ddp_ranks_seeded_alike_draw_their_own_slice_of_the_global_batch(monkeyp
     assert not torch.equal(draws(0, 2), draws(1, 2))
 
 
-def test_batch_normalize_equals_to_normalized_per_image():
+def test_to_normalized_normalizes_a_batch_as_each_image():
     x = _images(n=5, size=17)
     mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
     expected = torch.stack([data.ToNormalized(mean, std)(image) for image in x])
-    got = on_device.BatchNormalize(mean, std)(x)
+    got = data.ToNormalized(mean, std)(x)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, expected)
 
@@ -123,17 +124,17 @@ def test_device_split_moves_the_normalize_and_a_final_randaugment_only():
                                          augment="paper")
     worker, tail = data.device_split(train)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
-    assert _kinds(tail) == ["BatchRandAugment", "BatchNormalize"]
+    assert _kinds(tail) == ["BatchRandAugment", "ToNormalized"]
     worker, tail = data.device_split(val)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
-    assert _kinds(tail) == ["BatchNormalize"]
+    assert _kinds(tail) == ["ToNormalized"]
     # CIFAR on released weights: a resize follows RandAugment, so it stays in the worker
     spec = {"resize_size": 64, "crop_size": 64, "interpolation": "bicubic",
             "mean": (0.5,) * 3, "std": (0.5,) * 3}
     train, _, _ = data.make_transforms("cifar10", image_size=None, eval_spec=spec,
                                        augment="paper")
     worker, tail = data.device_split(train)
-    assert "AsPIL" in _kinds(worker.transforms) and _kinds(tail) == ["BatchNormalize"]
+    assert "AsPIL" in _kinds(worker.transforms) and _kinds(tail) == ["ToNormalized"]
     # synthetic: float tensors, normalized by v2; nothing to move
     train, _, _ = data.make_transforms("synthetic", image_size=None, eval_spec=None,
                                        augment="none")
@@ -165,8 +166,8 @@ def test_paper_on_the_device_augments_every_training_batch(tmp_path):
     root = _jpeg_folder(tmp_path / "f")
     train, val, _ = data.build_datasets("imagenet", str(root), augment="paper", on_device=True,
                                         decode_budget_bytes=0)
-    assert _kinds(train.batch_transform) == ["BatchRandAugment", "BatchNormalize"]
-    assert _kinds(val.batch_transform) == ["BatchNormalize"]
+    assert _kinds(train.batch_transform) == ["BatchRandAugment", "ToNormalized"]
+    assert _kinds(val.batch_transform) == ["ToNormalized"]
     loader = data.build_loader(train, batch_size=6, train=True, workers=0, device="cpu")
     torch.manual_seed(0)
     x, _ = next(iter(loader))
@@ -176,14 +177,14 @@ def test_paper_on_the_device_augments_every_training_batch(tmp_path):
 
 def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
     """train.py end to end with the CUDA path (forced here on the CPU): both stages train on
-    batches finished by BatchRandAugment + BatchNormalize, and evaluate on BatchNormalize's."""
+    batches finished by BatchRandAugment + ToNormalized, and evaluate on ToNormalized's."""
     build = data.build_datasets
     def build_on_device(*args, **kwargs):  # what recipe.build_loaders asks for on CUDA
         return build(*args, **kwargs | {"on_device": True})
     monkeypatch.setattr(data, "build_datasets", build_on_device)
-    calls = {"BatchRandAugment": 0, "BatchNormalize": 0}
-    for name in calls:
-        cls = getattr(on_device, name)
+    calls = {"BatchRandAugment": 0, "ToNormalized": 0}
+    for name, cls in (("BatchRandAugment", on_device.BatchRandAugment),
+                      ("ToNormalized", data.ToNormalized)):
         forward = cls.forward
 
         def counted(self, x, forward=forward, name=name):
@@ -198,4 +199,4 @@ def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
                           "--out-dir", str(tmp_path / "r")])
     assert results["top1_integrated"] is not None
     assert calls["BatchRandAugment"] >= 2 * 3  # two stages x 3 training batches of 2
-    assert calls["BatchNormalize"] > calls["BatchRandAugment"]  # and every evaluation batch
+    assert calls["ToNormalized"] > calls["BatchRandAugment"]  # and every evaluation batch
