@@ -54,6 +54,19 @@ def test_batch_randaugment_applies_v2s_ops_image_after_image(device):
     assert drawn == set(reference._AUGMENTATION_SPACE), "every op must be exercised"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync exists only with CUDA")
+def test_the_device_part_makes_no_host_sync():
+    tail = torch.nn.Sequential(on_device.BatchRandAugment(num_ops=3, magnitude=9),
+                               data.ToNormalized(data.IMAGENET_MEAN, data.IMAGENET_STD)).cuda()
+    x = _images(n=64).pin_memory().cuda(non_blocking=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tail(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_batch_randaugment_draws_randaugments_ops_and_magnitudes():
     # RandAugment (Cubuk et al. 2020) as torchvision ranges it, magnitude 9 of bins 0..30
     table = on_device.BatchRandAugment(num_ops=3, magnitude=9).signed_magnitudes(224, 200)
