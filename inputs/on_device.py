@@ -124,7 +124,8 @@ class BatchRandAugment(torch.nn.Module):
 
     def apply(self, images: torch.Tensor, rounds: list[dict]) -> torch.Tensor:
         """`images` (B, 3, H, W) uint8 through the drawn ops, round after round (a new tensor).
-        No host sync: each round's indices and matrices go to the device in one async copy."""
+        No host sync: a round's indices, and its matrices, each go to the device in one async
+        copy from pinned memory."""
         ra = self.reference
         height, width = images.shape[-2:]
         out = images.clone()
