@@ -55,6 +55,7 @@ from torchvision.transforms import v2
 import data
 import vit
 from inputs import images
+from inputs.on_device import BatchRandAugment
 
 CLASSES = 10
 SIZE = 32
@@ -265,9 +266,9 @@ def agreement(rows: dict, paths: list[str]) -> dict:
     torch.nn.init.normal_(model.head.weight, std=0.02)
     result = {}
     for label in rows:
-        load, transform, tail = rows[label]
-        randaugment = tail is not None and len(tail) > 1
-        if not (": (a)" in label or ": (c)" in label or (tail is not None and not randaugment)):
+        tail = rows[label][2]
+        moved_only_normalize = tail is not None and not isinstance(tail[0], BatchRandAugment)
+        if not (": (a)" in label or ": (c)" in label or moved_only_normalize):
             continue
         name = label.split(":")[0]
         outputs = []

@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from inputs.on_device import BatchRandAugment, OnDevice
 from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
                            load_uint8)
 from inputs.named_sets import build_cifar, build_places365
+from inputs.on_device import BatchRandAugment, OnDevice
 from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN,
                               SYNTHETIC_STD, SyntheticObjects)
 

@@ -137,8 +137,9 @@ class BatchRandAugment(torch.nn.Module):
             index = to_device(torch.cat(members), images.device).split([len(m) for m in members])
             moved = [i for i, (name, _) in enumerate(ops) if name in GEOMETRIC]
             if moved:  # every image that drew a shear, translate or rotate: one grid_sample
-                matrices = torch.tensor([inverse_affine(*ops[i], height, width)
-                                         for i in moved for _ in members[i]]).view(-1, 2, 3)
+                per_op = [inverse_affine(*ops[i], height, width) for i in moved]  # one per op
+                matrices = torch.tensor([m for i, m in zip(moved, per_op)
+                                         for _ in members[i]]).view(-1, 2, 3)  # (k, 2, 3)
                 where = torch.cat([index[i] for i in moved])
                 out[where] = warp(out[where], matrices)
             for i, (name, magnitude) in enumerate(ops):
