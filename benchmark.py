@@ -40,6 +40,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,9 +49,11 @@ import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
 import llb
+import recipes
 import vit
 from inputs import pretrained
-from util import checks, cli, recipe
+from util import cli
+from util.cli import at_least
 
 MODELS = ("vit", "torchvision_vit", "llb")
 LR, WEIGHT_DECAY, NUM_CLASSES = 1e-4, 0.05, 1000
@@ -88,11 +91,17 @@ def build_model(name: str, args) -> nn.Module:
                                  num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
                                  num_classes=c.num_classes)
     model = vit.ViT(c)
-    if name == "llb":  # llb.LLBConfig's defaults are the authors' recipe
-        model = llb.LLB(model, num_objects=args.num_objects, depth=args.llb_depth, layer=args.layer)
+    if name == "llb":
+        model = llb.LLB(model, llb_config(args))
     elif name != "vit":
         raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")
     return model
+
+
+def llb_config(args) -> llb.LLBConfig:
+    """LLB's settings: llb.LLBConfig's defaults (the authors' recipe) where not given."""
+    given = dict(num_objects=args.num_objects, depth=args.depth, layer=args.layer)
+    return llb.LLBConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def vit_train_flops(c: vit.ViTConfig, batch: int) -> float:
@@ -185,7 +194,7 @@ def prepare(name: str, args, device, x, y) -> dict:
     # the same optimizer for every model measured: AdamW, fused on CUDA (as train.py's)
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    autocast = recipe.autocast(args.amp, device)
+    autocast = recipes.autocast(args.amp, device)
     net = torch.compile(model) if args.compile else model
     if isinstance(model, llb.LLB):
         loss_fn = lambda out: model.loss(out, y)[0]  # noqa: E731  (its parts dict costs one sync)
@@ -215,7 +224,7 @@ def measure(args, device, x, y, warmup: int, steps: int) -> dict:
     # Prime the runtime (autograd engine, thread pools, oneDNN/BLAS buffers) with one step of a
     # 1-block ViT, so that its one-time allocations do not count against the first model.
     prime = vit.ViT(vit_config(args), depth=1).to(device)
-    with recipe.autocast(args.amp, device):
+    with recipes.autocast(args.amp, device):
         out = prime(x)
     F.cross_entropy(out.float(), y).backward()
     del prime, out
@@ -283,8 +292,7 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
     report = {
         "device": name, "results": results,
         "llb_train_step_vs_vit": llb_vs_vit, "mfu_note": mfu_note,
-        "config": dict(vars(c), llb_num_objects=args.num_objects, llb_depth=args.llb_depth,
-                       llb_layer=max(c.depth - 1, 1) if args.layer is None else args.layer),
+        "config": dict(vars(c), llb=asdict(llb_config(args).for_backbone(c.depth))),
         "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
         "warmup_steps": warmup, "timed_steps": steps, "statistic": "median step time",
         "order": "interleaved per step: " + ", ".join(MODELS),
@@ -322,16 +330,16 @@ def parse_args(argv=None):
     add = p.add_argument
     add("--model", choices=list(vit.PRESETS), help="ViT preset (default base)")
     add("--pretrained", help="released weights' name: their architecture (weights not loaded)")
-    add("--image-size", type=int, help="default 224")
-    add("--patch-size", type=int, help="default: the preset's")
-    add("--batch-size", type=int, help="default: 8 on cpu, 128 on cuda")
+    add("--image-size", type=at_least(1), help="default 224")
+    add("--patch-size", type=at_least(1), help="default: the preset's")
+    add("--batch-size", type=at_least(1), help="default: 8 on cpu, 128 on cuda")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     add("--amp", choices=("bf16", "fp16", "off"), help="default: bf16 on cuda, off on cpu")
     add("--compile", action="store_true", help="torch.compile every model")
-    add("--num-objects", type=int, default=recipe.llb_default("num_objects"), help="LLB's O")
-    add("--llb-depth", type=int, default=recipe.llb_default("depth"), help="LLB layers")
-    add("--layer", type=int, help="LLB's branch point l (default: depth - 1)")
-    add("--steps", type=int, help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
+    add("--num-objects", type=at_least(2), help="LLB's O (default: llb.LLBConfig's)")
+    add("--llb-depth", dest="depth", type=at_least(2), help="LLB layers (default: LLBConfig's)")
+    add("--layer", type=at_least(1), help="LLB's branch point l (default: depth - 1)")
+    add("--steps", type=at_least(1), help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
     add("--seed", type=int, default=0)
     add("--out-dir", default="runs/benchmark", help="where benchmark.json goes")
     add("--debug", action="store_true", help="show tracebacks of errors")
@@ -339,14 +347,11 @@ def parse_args(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but this machine has no CUDA GPU")
     if args.device is None:
-        args.device = recipe.default_device()
+        args.device = recipes.default_device()
     if args.amp is None:
-        args.amp = recipe.default_amp(args.device)
+        args.amp = recipes.default_amp(args.device)
     if args.batch_size is None:
         args.batch_size = 128 if args.device == "cuda" else 8
-    problem = checks.out_of_range(args)
-    if problem:
-        p.error(problem)
     if args.pretrained and (args.model or args.patch_size):
         p.error("--model/--patch-size come from --pretrained's architecture; drop them")
     return args

@@ -45,9 +45,11 @@ from torchvision.transforms.v2 import functional as TF
 from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
                            load_uint8)
 from inputs.named_sets import build_cifar, build_places365
+from inputs import pretrained
 from inputs.on_device import BatchRandAugment, OnDevice
 from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN,
                               SYNTHETIC_STD, SyntheticObjects)
+from util import distributed
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
 AUGMENTS = ("paper", "basic", "none")
@@ -398,3 +400,27 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                         persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
     tail = getattr(dataset, "batch_transform", None)
     return loader if tail is None else OnDevice(loader, device, tail)
+
+
+def build_loaders(r, *, rank: int, world: int, workers: int | None, device: torch.device,
+                  download: bool = False, train: bool = True) -> tuple:
+    """(train loader, val loader, DataInfo) of a recipe's data options (recipes.Recipe); both
+    stages of a run share them. train=False (evaluation): no training loader, None in its place.
+    On CUDA, RandAugment and the normalize run on the GPU (inputs/on_device.py)."""
+    spec = pretrained.eval_spec(r.pretrained) if r.pretrained else None
+    expected = None
+    if r.pretrained and r.stage == "llb":  # LLB keeps the released head: the same label set
+        expected = pretrained.num_classes(r.pretrained)
+    if download and rank > 0:
+        distributed.barrier()  # wait for rank 0's download, then read it
+    train_set, val_set, info = build_datasets(
+        r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
+        augment=r.augment, classes=r.classes, max_per_class=r.max_per_class,
+        download=download and rank == 0, seed=r.seed, expected_num_classes=expected,
+        weights_name=r.pretrained, eval_framing=r.eval_framing, on_device=device.type == "cuda")
+    if download and rank == 0:
+        distributed.barrier()
+    loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
+                  pin_memory=device.type == "cuda", batch_size=r.batch_size, device=device)
+    train_loader = build_loader(train_set, train=True, **loader) if train else None
+    return train_loader, build_loader(val_set, train=False, **loader), info

@@ -1,18 +1,18 @@
 """Train a ViT, LLB on a frozen ViT, or both; on one process or many (DDP); resume; evaluate.
 
-    python train.py                                   # CPU demo: synthetic set, ViT then LLB
+    python train.py                                        # the CPU demo: synthetic, ViT then LLB
     python train.py --dataset cifar100 --data-dir data --download
-    python train.py --method llb --dataset imagenet --data-dir /data/imagenet \\
-        --pretrained vit_b_16:IMAGENET1K_SWAG_E2E_V1 --gpus 4   # the authors' 4 x 128
-    torchrun --nnodes 2 --nproc-per-node 8 train.py --method llb ...   # multi-node: same flags
-    python train.py --eval-only runs/x/last.pt        # on the data the checkpoint was trained on
+    python train.py --recipe swag-b16 --data-dir /data/imagenet --gpus 4   # a paper row, 4 x 128
+    torchrun --nnodes 2 --nproc-per-node 8 train.py --recipe swag-b16 ...  # multi-node: same flags
+    python train.py --eval-only runs/x/last.pt             # on the data it was trained on
 
 `--method vit+llb` (default) is `--method vit` into <out-dir>/vit, then `--method llb` on that
-frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (util/recipe.py),
-printed at start and saved in every checkpoint. It writes last.pt (after every epoch, before
-evaluating it), best.pt (best validation top-1), metrics.jsonl (the recipe, then one line per
-epoch) and results.json (the LAST epoch's numbers: nothing is selected on the validation split).
-Speed and memory: benchmark.py. What LLB learned: analyze.py.
+frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (recipes.py: every
+default, and where each comes from), printed at start and saved in every checkpoint. It writes
+last.pt (after every epoch, before evaluating it), best.pt (best validation top-1), metrics.jsonl
+(the recipe, then one line per epoch), curves.png and results.json (the LAST epoch's numbers:
+nothing is selected on the validation split). Speed and memory: benchmark.py. What LLB learned:
+analyze.py.
 """
 import argparse
 import json
@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -29,114 +29,164 @@ from tqdm import tqdm
 
 import data
 import llb
+import recipes
 import vit
 from inputs import pretrained
+from data import AUGMENTS, EVAL_FRAMINGS  # TEMP: inputs.transforms after the data merge
 from plotting import curves
-from util import checks, cli, distributed, estimate, evaluate, recipe, rundir
+from util import cli, distributed, evaluate, rundir
 from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,
                              model_from_checkpoint, restore, save_checkpoint)
+from util.cli import FRACTION, NON_NEGATIVE, POSITIVE, at_least
 from util.distributed import is_master
 
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
+EVAL_COST = 1 / 3  # evaluating an image (forward only), in units of its share of a training step
+LONG_RUN_S = 3600  # a CPU stage expected to take longer is printed with what shortens it
 
 
 # ----------------------------------------------------------------------------- options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """The command line. Options left unset stay None: recipe.resolve fills them per stage."""
-    p = argparse.ArgumentParser(description=__doc__,
+    """The command line. Options left out stay None: recipes.resolve fills them per stage."""
+    p = argparse.ArgumentParser(description=__doc__, epilog=recipes.defaults_table(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=("vit+llb", "vit", "llb"), default="vit+llb",
-                   help="what to train (default vit+llb)")
+    p.add_argument("--method", choices=("vit+llb", "vit", "llb"),
+                   help="what to train (default: the recipe's, else vit+llb)")
+    p.add_argument("--recipe", choices=list(recipes.RECIPES),
+                   help="a named recipe, options given here on top (list below; demo on the "
+                        "synthetic set)")
     g = p.add_argument_group("data").add_argument
-    g("--dataset", choices=data.DATASETS, help="default: synthetic (built in, no download)")
+    g("--dataset", choices=data.DATASETS, help="default synthetic (built in, no download)")
     g("--data-dir", help="root of the dataset's files")
     g("--download", action="store_true", help="download CIFAR / Places365 / iNat2018")
-    sizes = ", ".join(f"{k} {v}" for k, v in recipe.NATIVE_SIZE.items())
-    g("--image-size", type=int, help=f"default: the weights' crop; a folder's median side "
-      f"(util/fit.py); else the dataset's ({sizes}, else {recipe.PHOTO_SIZE})")
+    g("--image-size", type=at_least(1),
+      help="default: the weights' crop, a folder's median side, else the dataset's own")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
-    g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
-    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: see "
-      "data.default_augment: paper on weights, none on synthetic or a folder, else basic)")
-    g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
-      f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
-      f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
-    g("--workers", type=int, help="loader processes per rank (default: data.default_workers)")
+    g("--max-per-class", type=at_least(1), help="imagenet/folder/synthetic: M images per class")
+    g("--augment", choices=AUGMENTS, help="training augmentation (default: recipes."
+      "default_augment: paper on released weights, none on synthetic or a folder, else basic)")
+    g("--eval-framing", choices=EVAL_FRAMINGS, help="evaluation: the weights' own transform "
+      "(AugReg: Resize 248) or the authors' (Resize 256 bicubic -> CenterCrop 224; SWAG 384)")
+    g("--workers", type=at_least(0), help="loader processes per rank (default: data."
+      "default_workers)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
-    g("--model", choices=list(vit.PRESETS), help=f"ViT preset (default: {recipe.DEMO['model']} "
-      f"on synthetic; on a folder by its number of images, util/fit.py; {recipe.SMALL_PRESET} "
-      f"up to {recipe.SMALL_IMAGE} px, else {recipe.LARGE_PRESET})")
-    g("--patch-size", type=int, help=f"default: {recipe.DEMO['patch_size']} on synthetic, by size "
-      f"on a folder, {recipe.SMALL_PATCH} up to {recipe.SMALL_IMAGE} px, else the preset's")
+    g("--model", choices=list(vit.PRESETS), help="ViT preset from scratch (default: by the "
+      "data, recipes.py)")
+    g("--patch-size", type=at_least(1), help="patch of a ViT from scratch (default: by size)")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
-      "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (see inputs/pretrained.py)")
+      "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (inputs/pretrained.py)")
     g("--weights-file", help="a local copy of the --pretrained weights (no download)")
     g("--backbone", help="a checkpoint of --method vit to start from (or to put LLB on)")
-    g("--dropout", type=float, help=f"ViT dropout (default {recipe.default_of('dropout')})")
+    g("--dropout", type=FRACTION, help="ViT dropout")
     g = p.add_argument_group("LLB (defaults: llb.LLBConfig, the authors' recipe)").add_argument
-    g("--layer", type=int, help="backbone block l that feeds LLB (default: depth - 1: the "
-      "paper's 11 on ViT-B; on other depths our choice, unpublished)")
-    objects = recipe.llb_default("num_objects")
-    g("--num-objects", type=int, help=f"O latent objects (default {objects}; "
-      f"{recipe.DEMO['num_objects']} on synthetic; per class on a folder, util/fit.py)")
-    g("--llb-depth", type=int, help=f"LLB layers, extractor included (default "
-      f"{recipe.llb_default('depth')}; at most the backbone's on a folder)")
-    g("--tau", type=float, help=f"assignment temperature (default {recipe.llb_default('tau')})")
-    g("--alpha", type=float, help=f"weight of p_V in p_O (default {recipe.llb_default('alpha')})")
-    g("--diversity-weight", type=float,
-      help=f"lambda, weight of L_div (default {recipe.llb_default('diversity_weight')})")
-    g("--diversity-mode", choices=("batch", "image"),
-      help=f"average of p~ (default {recipe.llb_default('diversity_mode')})")
-    flag = dict(action="store_true", default=None)
-    g("--no-disconnect", **flag, help="ablation: N_0 = visual tokens")
-    g("--no-diversity", **flag, help="ablation: no L_div")
-    g("--pos-embed", **flag, help="ablation: position embedding on the LLB tokens")
-    g("--no-integrate", **flag, help="ablation: p_O = p_N")
-    g("--unfreeze", **flag, help="train the backbone too (paper: frozen)")
-    g = p.add_argument_group("optimization (defaults: recipe.STAGE_DEFAULTS)").add_argument
-    g("--epochs", type=int, help=f"default: {recipe.default_of('epochs')} (paper); on synthetic "
-      f"{recipe.DEMO['epochs']} for a ViT, {recipe.DEMO['llb_epochs']} for LLB")
-    g("--llb-epochs", type=int, help=f"the LLB stage of vit+llb (default: --epochs; "
-      f"{recipe.DEMO['llb_epochs']} on synthetic)")
-    g("--batch-size", type=int,
-      help=f"per process (default {recipe.default_of('batch_size')}, the paper's per GPU)")
-    g("--lr", type=float, help="peak learning rate")
-    g("--llb-lr", type=float, help="the LLB stage of vit+llb (default: --lr, else its own)")
-    g("--min-lr", type=float, help="floor of the cosine decay")
+    g("--layer", type=at_least(1), help="backbone block l that feeds LLB (default: depth - 1: "
+      "the paper's 11 on ViT-B; on other depths our choice, unpublished)")
+    g("--num-objects", type=at_least(1), help="O latent objects")
+    g("--llb-depth", dest="depth", type=at_least(1), help="LLB layers, the extractor included")
+    g("--tau", type=POSITIVE, help="assignment temperature")
+    g("--alpha", type=float, help="weight of p_V in p_O")
+    g("--diversity-weight", type=NON_NEGATIVE, help="lambda, weight of L_div")
+    g("--diversity-mode", choices=("batch", "image"), help="average of p~ over patches and "
+      "batch (the authors' code) or per image (the poster)")
+    off = dict(action="store_false", default=None)  # None: not given; False: switched off
+    g("--no-disconnect", dest="disconnect", **off, help="ablation: N_0 = visual tokens")
+    g("--no-diversity", dest="diversity", **off, help="ablation: no L_div")
+    g("--pos-embed", action="store_true", default=None, help="ablation: position embedding on "
+      "the LLB tokens")
+    g("--no-integrate", dest="integrate", **off, help="ablation: p_O = p_N")
+    g("--unfreeze", dest="freeze_backbone", **off, help="train the backbone too (paper: frozen)")
+    g = p.add_argument_group("optimization (defaults: the stage's, recipes.STAGES)").add_argument
+    g("--epochs", type=at_least(1))
+    g("--llb-epochs", type=at_least(1), help="the LLB stage's (default: --epochs, else the "
+      "recipe's)")
+    g("--batch-size", type=at_least(1), help="per process")
+    g("--lr", type=POSITIVE, help="peak learning rate")
+    g("--llb-lr", type=POSITIVE, help="the LLB stage's (default: --lr, else the recipe's)")
+    g("--min-lr", type=NON_NEGATIVE, help="floor of the cosine decay")
     g("--optimizer", choices=("adamw", "adam"), help="adamw: decoupled decay; adam: coupled L2")
-    g("--weight-decay", type=float)
+    g("--weight-decay", type=NON_NEGATIVE)
     g("--decay-all", action=argparse.BooleanOptionalAction,
       help="decay every parameter (else matrices only)")
-    g("--warmup-epochs", type=float, help="linear warmup before the cosine decay")
-    g("--clip-grad", type=float, help="max gradient norm (0: off)")
-    g("--label-smoothing", type=float, help=f"default {recipe.default_of('label_smoothing')}")
+    g("--warmup-epochs", type=NON_NEGATIVE, help="linear warmup before the cosine decay")
+    g("--clip-grad", type=NON_NEGATIVE, help="max gradient norm (0: off)")
+    g("--label-smoothing", type=FRACTION)
     g("--eval-amp", action=argparse.BooleanOptionalAction, help="evaluate under autocast too")
     g = p.add_argument_group("runtime").add_argument
     g("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    g("--gpus", type=int, default=1, help="processes to start on this machine (DDP)")
+    g("--gpus", type=at_least(1), default=1, help="processes to start on this machine (DDP)")
     g("--amp", choices=("bf16", "fp16", "off"), help="autocast: default bf16 on cuda, else off")
     g("--compile", action="store_true", help="torch.compile the model")
-    g("--seed", type=int, help=f"default {recipe.default_of('seed')}")
+    g("--seed", type=int)
     g("--out-dir", help="default: runs/<dataset>_<method>")
     g("--resume", action="store_true", help="continue from <out-dir>/last.pt")
     g("--overwrite", action="store_true", help="replace the run files already in --out-dir")
     g("--eval-only", metavar="CKPT", help="evaluate a checkpoint and exit")
     g("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    problem = checks.check_options(args)
+    # the program's options that a named recipe may set, then the runtime's defaults
+    _, named = recipes.named_recipe(args.recipe, args.dataset)
+    if args.method is None:
+        args.method = named.get("method", "vit+llb")
+    problem = check_options(args, named)
     if problem:
         p.error(problem)
-    recipe.resolve_runtime(args)
+    args.filled = [name for name in ("device", "amp") if getattr(args, name) is None]
+    if args.device is None:
+        args.device = recipes.default_device()
+    if args.amp is None:
+        args.amp = recipes.default_amp(args.device)
+    args.world_size = int(os.environ.get("WORLD_SIZE", args.gpus))
+    if args.out_dir is None:
+        dataset = args.dataset or named.get("dataset", recipes.Recipe.dataset)
+        args.out_dir = f"runs/{dataset}_{args.method.replace('+', '_')}"
     return args
+
+
+def check_options(args, named: dict) -> str | None:
+    """What is wrong with the options' combination, before anything is built."""
+    weights = args.pretrained or named.get("pretrained")
+    said = "--pretrained" if args.pretrained else f"--recipe {args.recipe} (its --pretrained)"
+    if weights and args.backbone:
+        return f"{said} and --backbone both give the backbone: pick one"
+    if args.weights_file and not weights:
+        return "--weights-file needs --pretrained NAME (which says what the file holds)"
+    if args.method == "llb" and not (weights or args.backbone or args.eval_only):
+        return ("--method llb needs a backbone: --pretrained NAME or --backbone CKPT "
+                "(or use --method vit+llb to train one first)")
+    if args.method == "vit+llb" and args.backbone:
+        return "--backbone with --method vit+llb: use --method llb to put LLB on an existing ViT"
+    if (args.llb_epochs, args.llb_lr) != (None, None) and args.method != "vit+llb":
+        return "--llb-epochs/--llb-lr set the LLB stage of --method vit+llb; use --epochs/--lr"
+    if weights and (args.model or args.patch_size):
+        return f"--model/--patch-size come from the weights of {said}; drop them"
+    if args.resume and args.overwrite:
+        return "--resume continues the run in --out-dir, --overwrite replaces it: pick one"
+    if args.eval_only and (args.resume or args.overwrite):
+        return "--eval-only writes nothing: drop --resume/--overwrite"
+    cuda = torch.cuda.device_count()
+    if args.device is None and args.gpus > 1 and cuda == 0:
+        return (f"--gpus {args.gpus} but this machine has no CUDA GPU; to run {args.gpus} CPU "
+                f"processes (gloo), add --device cpu")
+    if (args.device or recipes.default_device()) == "cuda" and args.gpus > cuda:
+        return f"--gpus {args.gpus} but this machine has {cuda} CUDA GPU(s)"
+    problem = distributed.environment_problem()
+    if problem:
+        return problem
+    given = {f.name: getattr(args, f.name) for f in fields(llb.LLBConfig)}
+    try:  # the LLB options alone; the layer against the backbone's depth comes in plan()
+        llb.LLBConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def build_model(r: recipe.Recipe, num_classes: int) -> torch.nn.Module:
+def build_model(r: recipes.Recipe, num_classes: int) -> torch.nn.Module:
     """The stage's model, seeded: a ViT (preset, released weights or checkpoint), or LLB on one."""
     torch.manual_seed(r.seed)  # the same init on every rank (DDP also broadcasts it)
     if r.backbone:  # --backbone, or the ViT stage of vit+llb
@@ -188,9 +238,13 @@ def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0
 # ----------------------------------------------------------------------------- loops
 
 
-def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int) -> dict:
+def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int,
+                timed: tuple | None = None) -> dict:
     """One pass over this rank's shard. Returns the sums of the loss statistics over its steps
-    (a tensor per name, on the device) and "steps"; nothing is read back per step."""
+    (a tensor per name, on the device) and "steps"; nothing is read back per step.
+    timed: (epochs left, validation steps) in a stage's first epoch: the steps after the first
+    (which warms up, and compiles) up to the first read back are timed, and the stage's expected
+    time is printed."""
     model = unwrap(net)
     device = next(model.parameters()).device
     net.train()
@@ -198,12 +252,14 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
     steps = len(loader)
     warmup = round(r.warmup_epochs * steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    autocast = recipe.autocast(r.amp, device)
+    autocast = recipes.autocast(r.amp, device)
     sums = None  # running sums of the loss statistics, on the device
     first_bad = torch.full((), -1, device=device)  # the first step with a non-finite loss
-    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}{estimate.left()}",
-               leave=False, disable=not is_master())
+    bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
+               disable=not is_master())
     for i, (x, y) in enumerate(bar):
+        if timed and i == 1:  # after a first step that warms up (and compiles)
+            started = clock(device)
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
         lr = lr_at(step, total=r.epochs * steps, warmup=warmup, peak=r.lr, floor=r.min_lr)
@@ -232,10 +288,44 @@ def train_epoch(net, loader, optimizer, scaler, r: recipe.Recipe, *, epoch: int)
             check_finite(int(first_bad), epoch, means["total"], r)
             bar.set_postfix(loss=f"{means['total']:.3f}", acc=f"{means['top1']:.1f}",
                             lr=f"{lr:.2g}")
+            # the first read back: the steps since the first give the stage's expected time
+            if timed and 0 < i < LOG_EVERY and is_master():
+                step_s = (time.perf_counter() - started) / i
+                tqdm.write(expected_time(r, step_s, steps, *timed, cpu=device.type == "cpu"))
     return dict(zip(stats, sums)) | {"steps": steps}
 
 
-def check_finite(first_bad: int, epoch: int, loss: float, r: recipe.Recipe) -> None:
+def clock(device: torch.device) -> float:
+    """Seconds, once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def expected_time(r: recipes.Recipe, step_s: float, steps: int, epochs: int, val_steps: int,
+                  *, cpu: bool) -> str:
+    """The stage's expected wall time from a timed step; on a CPU, when long, what shortens it."""
+    seconds = epochs * (steps + val_steps * EVAL_COST) * step_s
+    said = (f"[{r.stage}] expected ~{duration(seconds)} for {epochs} epochs x {steps} steps "
+            f"({step_s:.3g} s a step, timed as this run runs; evaluation estimated)")
+    if cpu and seconds > LONG_RUN_S:
+        model = f", now {r.model}" if r.model else ""
+        said += (f"\nover {duration(LONG_RUN_S)} on a CPU; shorter: fewer epochs (--epochs, now "
+                 f"{r.epochs}; --llb-epochs), smaller images (--image-size, now {r.image_size}),"
+                 f" a smaller model (--model{model}; see vit.PRESETS), or a GPU (--device cuda)")
+    return said
+
+
+def duration(seconds: float) -> str:
+    """42 s, 12 min, 2.5 h."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_finite(first_bad: int, epoch: int, loss: float, r: recipes.Recipe) -> None:
     """Stop at a non-finite loss, before the epoch is saved, with what to try."""
     if first_bad < 0:
         return
@@ -252,7 +342,7 @@ def check_finite(first_bad: int, epoch: int, loss: float, r: recipe.Recipe) -> N
 # ----------------------------------------------------------------------------- a stage
 
 
-def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real=None,
+def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args, real=None,
               run: rundir.RunDir | None = None) -> dict:
     """Train one stage to its last epoch (resuming if asked); returns that epoch's results.
     run: the out-dir, told once the model is built (--overwrite replaces the old run then)."""
@@ -261,7 +351,7 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
     model = build_model(r, info.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, name=r.optimizer, lr=r.lr, device=device,
-                                        weight_decay=r.weight_decay, decay_all=r.decay_all)
+                                weight_decay=r.weight_decay, decay_all=r.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
     # resume: the state after the last saved epoch
     start = 0
@@ -283,14 +373,15 @@ def run_stage(r: recipe.Recipe, folder: Path, loaders: tuple, device, args, real
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         net = torch.compile(net)
-    eval_autocast = recipe.autocast(r.amp, device, enabled=r.eval_amp)
+    eval_autocast = recipes.autocast(r.amp, device, enabled=r.eval_amp)
     if is_master():
         start_log(r, folder, start, info, train_loader, val_loader, params, device)
     # the loop: train an epoch, save it, evaluate it, log it
     results = {}
     for epoch in range(start, r.epochs):
         t0 = time.time()
-        sums = train_epoch(net, train_loader, optimizer, scaler, r, epoch=epoch)
+        timed = (r.epochs - start, len(val_loader)) if epoch == start else None
+        sums = train_epoch(net, train_loader, optimizer, scaler, r, epoch=epoch, timed=timed)
         state = dict(kind=r.stage, **configs_of(model), recipe=asdict(r), epoch=epoch + 1,
                      best_top1=best, dataset=info.name,
                      class_names=list(info.class_names), **capture(model, optimizer, scaler))
@@ -325,8 +416,8 @@ def start_log(r, folder: Path, start: int, info, train_loader, val_loader, param
     print(f"[{r.stage}] {info.name}: {len(train_loader.dataset)} train / "
           f"{len(val_loader.dataset)} val images, {info.num_classes} classes, {info.image_size} px"
           f" | {sum(p.numel() for p in params):,} trainable parameters | {r.epochs} epochs x "
-          f"{len(train_loader)} steps, global batch {r.global_batch} ({r.world_size} x "
-          f"{r.batch_size}), {device.type}")
+          f"{len(train_loader)} steps, global batch {r.batch_size * r.world_size} "
+          f"({r.world_size} x {r.batch_size}), {device.type}")
     print(r.describe())
     if start:
         print(f"[{r.stage}] resumed from {folder / 'last.pt'} at epoch {start}/{r.epochs}")
@@ -344,7 +435,7 @@ def log_epoch(r, folder: Path, epoch: int, means: dict, results: dict, img_s: fl
     with open(folder / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     curves.write_curves(folder / "metrics.jsonl", folder / "curves.png",
-                       title=f"{folder}: {r.stage} stage on {r.dataset} (validation split)")
+                        title=f"{folder}: {r.stage} stage on {r.dataset} (validation split)")
     val = "  ".join(f"{p} {results['top1_' + p]:.1f}"
                     for p in evaluate.PREDICTIONS if "top1_" + p in results)
     tqdm.write(f"[{r.stage}] epoch {epoch + 1}/{r.epochs}  loss {means['total']:.3f}  train "
@@ -364,7 +455,7 @@ def main(argv=None) -> dict | None:
         finally:
             distributed.teardown()
     # plan every stage before starting processes or building anything; then the out-dir
-    planned = recipe.plan(args)
+    planned = recipes.plan(args)
     folders = [folder for _, folder in planned]
     if args.gpus > 1 and "RANK" not in os.environ:
         with rundir.for_training(args, folders):  # held while the processes run
@@ -373,11 +464,10 @@ def main(argv=None) -> dict | None:
     try:
         with rundir.for_training(args, folders) as run:  # the lock; rank 0 of torchrun's
             random.seed(planned[0][0].seed)
-            loaders = recipe.build_loaders(planned[0][0], rank=rank, world=world,
-                                           workers=args.workers, device=device,
-                                           download=args.download)
+            loaders = data.build_loaders(planned[0][0], rank=rank, world=world,
+                                         workers=args.workers, device=device,
+                                         download=args.download)
             real = evaluate.read_real(args, loaders[1])
-            estimate.announce(planned, loaders, device, build_model)  # rank 0: expected time
             for r, folder in planned:
                 try:
                     results = run_stage(r, folder, loaders, device, args, real, run)

@@ -35,7 +35,7 @@ def test_cli_writes_benchmark_json(tmp_path, one_thread):
                 assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, key, value)
     assert report["results"]["vit"]["mfu"] is None
     assert report["results"]["llb"]["trainable_params"] < report["results"]["llb"]["params"]
-    assert report["config"]["llb_num_objects"] == 16  # explicit --num-objects is kept
+    assert report["config"]["llb"]["num_objects"] == 16  # explicit --num-objects is kept
     assert report["batch_size"] == 4 and report["amp"] == "off"
 
 

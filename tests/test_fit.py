@@ -1,4 +1,4 @@
-"""Defaults that fit the data (util/fit.py), the `basic` crop, the time estimate (util/estimate.py).
+"""Defaults that fit the data (recipes.derived_from_data), the `basic` crop, the time estimate.
 
 Each test builds its own PNG folders in a tmp dir: nothing is downloaded.
 """
@@ -9,9 +9,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import data
+import llb
+import recipes
 import train
-import vit
-from util import estimate, fit, recipe
 
 
 def image_folder(root, *, side, per_class, classes=2, val_per_class=2):
@@ -28,7 +28,7 @@ def image_folder(root, *, side, per_class, classes=2, val_per_class=2):
 
 
 def stages(*argv):
-    return [r for r, _ in recipe.plan(train.parse_args(list(argv)))]
+    return [r for r, _ in recipes.plan(train.parse_args(list(argv)))]
 
 
 def test_a_folder_of_small_images_gets_its_size_a_small_model_and_a_batch_it_holds(tmp_path):
@@ -36,11 +36,11 @@ def test_a_folder_of_small_images_gets_its_size_a_small_model_and_a_batch_it_hol
     vit_stage, llb_stage = stages("--dataset", "folder", "--data-dir", str(root))
     # 25 px -> patch 4, a multiple of it near 25; the smallest preset for 20 images
     assert (vit_stage.image_size, vit_stage.patch_size, vit_stage.model) == (24, 4, "micro")
-    assert vit_stage.batch_size == 20 // fit.MIN_STEPS_PER_EPOCH < recipe.default_of("batch_size")
+    assert vit_stage.batch_size == 20 // recipes.MIN_STEPS_PER_EPOCH < recipes.Recipe.batch_size
     assert llb_stage.batch_size == vit_stage.batch_size and llb_stage.image_size == 24
     # LLB: the objects' floor for 2 classes, no deeper than the 4-block ViT-micro
-    assert llb_stage.llb["num_objects"] == fit.MIN_OBJECTS
-    assert llb_stage.llb["depth"] == 4 < recipe.llb_default("depth")
+    assert llb_stage.llb["num_objects"] == recipes.MIN_OBJECTS
+    assert llb_stage.llb["depth"] == 4 < llb.LLBConfig.depth
     printed = vit_stage.describe() + llb_stage.describe()
     assert "image_size=24 (median side 25 px of 20 images" in printed
     assert "batch_size=5 (capped: 20 training images" in printed
@@ -48,7 +48,7 @@ def test_a_folder_of_small_images_gets_its_size_a_small_model_and_a_batch_it_hol
     # 10 images a class: the printout says a ViT from scratch learns little from so few
     assert "model=micro (20 training images; only 10 a class: from scratch a ViT" in printed
     assert "fine-tune released weights (--pretrained)" in printed
-    root = image_folder(tmp_path / "more", side=25, per_class=fit.FEW_PER_CLASS)
+    root = image_folder(tmp_path / "more", side=25, per_class=recipes.FEW_PER_CLASS)
     assert "only" not in stages("--dataset", "folder", "--data-dir", str(root))[0].describe()
 
 
@@ -71,7 +71,7 @@ def test_imagenet_keeps_the_paper_recipe_and_a_subset_fits_its_data(tmp_path):
     assert full_vit.origin == {} and full_llb.origin == {}
     sub_vit, sub_llb = stages("--dataset", "imagenet", "--data-dir", str(root), "--classes", "2")
     assert (sub_vit.image_size, sub_vit.model, sub_vit.batch_size) == (40, "micro", 4)
-    assert sub_llb.llb["num_objects"] == fit.MIN_OBJECTS
+    assert sub_llb.llb["num_objects"] == recipes.MIN_OBJECTS
     # released weights keep the authors' recipe on a folder too
     llb_stage, = stages("--dataset", "folder", "--data-dir", str(root), "--method", "llb",
                         "--pretrained", "vit_b_16:IMAGENET1K_V1")
@@ -80,14 +80,14 @@ def test_imagenet_keeps_the_paper_recipe_and_a_subset_fits_its_data(tmp_path):
 
 
 def test_the_rules_in_numbers():
-    assert fit.objects_for(1000) == 2048  # the paper's ImageNet-1k
-    assert fit.objects_for(10) == 64 and fit.objects_for(100) == 205
-    assert [fit.patch_for(s) for s in (8, 32, 64, 96, 128, 500)] == [4, 4, 4, 8, 8, 16]
-    assert fit.size_for(25, 4) == 24 and fit.size_for(8, 4) == 16  # >= 4 patches a side
-    assert fit.size_for(500, 16) == 224 and fit.size_for(100, 8) == 96
-    assert [fit.preset_for(n) for n in (60, 1437, 50_000, 130_000, 1_281_167)] == [
+    assert recipes.objects_for(1000) == 2048  # the paper's ImageNet-1k
+    assert recipes.objects_for(10) == 64 and recipes.objects_for(100) == 205
+    assert [recipes.patch_for(s) for s in (8, 32, 64, 96, 128, 500)] == [4, 4, 4, 8, 8, 16]
+    assert recipes.size_for(25, 4) == 24 and recipes.size_for(8, 4) == 16  # >= 4 patches a side
+    assert recipes.size_for(500, 16) == 224 and recipes.size_for(100, 8) == 96
+    assert [recipes.preset_for(n) for n in (60, 1437, 50_000, 130_000, 1_281_167)] == [
         "micro", "micro", "tiny", "small", "base"]
-    assert fit.batch_cap(60, 1) == 15 and fit.batch_cap(1437, 2) == 179
+    assert recipes.batch_cap(60, 1) == 15 and recipes.batch_cap(1437, 2) == 179
 
 
 def kept_fraction(transform, side: int, draws: int = 200) -> float:
@@ -121,7 +121,7 @@ def test_basic_never_crops_away_most_of_a_small_image():
 
 def test_a_folder_smaller_than_a_batch_trains_and_says_how_long(tmp_path, capsys, monkeypatch):
     root = image_folder(tmp_path / "tiny", side=32, per_class=6)  # 12 training images
-    monkeypatch.setattr(estimate, "LONG_RUN_S", 0)  # every run is "long": the hints are printed
+    monkeypatch.setattr(train, "LONG_RUN_S", 0)  # every run is "long": the hints are printed
     out = tmp_path / "run"
     results = train.main(["--dataset", "folder", "--data-dir", str(root), "--epochs", "1",
                           "--llb-epochs", "1", "--device", "cpu", "--out-dir", str(out)])
@@ -130,19 +130,17 @@ def test_a_folder_smaller_than_a_batch_trains_and_says_how_long(tmp_path, capsys
     assert (saved["batch_size"], saved["image_size"]) == (3, 32)
     assert saved["origin"]["batch_size"].startswith("capped")
     printed = capsys.readouterr().out
-    assert "expected wall time ~" in printed and "(vit 1 epochs x 4 steps" in printed
+    # once per stage, timed on the stage's own steps
+    assert printed.count("[vit] expected ") == 1 and printed.count("[llb] expected ") == 1
+    assert "for 1 epochs x 4 steps" in printed
     assert "--image-size, now 32" in printed and "--epochs, now 1" in printed
 
 
-def test_stage_seconds_and_the_timing_leave_the_model_and_rng_alone():
-    seconds = estimate.stage_seconds(2.0, epochs=3, steps=10, batch=4, val_images=12)
-    assert seconds == pytest.approx(3 * (10 * 2.0 + 3 * 2.0 * estimate.EVAL_COST))
-    model = vit.create_vit("micro", image_size=8, patch_size=4, num_classes=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(1)
-    state = torch.get_rng_state()
-    seconds = [estimate.step_seconds(model, batch=b, image_size=8, num_classes=3,
-                                     device=torch.device("cpu")) for b in (1, 1000)]
-    assert 0 < seconds[0] < seconds[1] and torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
+def test_the_expected_time_adds_evaluation_and_says_what_shortens_a_long_cpu_run():
+    r = recipes.plan(train.parse_args(["--method", "vit"]))[0][0]
+    said = train.expected_time(r, 2.0, 10, 3, 6, cpu=True)  # 3 x (10 + 6 / 3) steps of 2 s
+    assert said.startswith("[vit] expected ~1 min for 3 epochs x 10 steps (2 s a step")
+    assert "shorter" not in said
+    long = train.expected_time(r, 200.0, 10, 3, 6, cpu=True)
+    assert "~2.0 h" in long and "--model, now micro" in long
+    assert "shorter" not in train.expected_time(r, 200.0, 10, 3, 6, cpu=False)

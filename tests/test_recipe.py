@@ -1,4 +1,4 @@
-"""The recipe record (util/recipe.py), the one training step, and the layout of the programs."""
+"""The recipe record (recipes.py), the one training step, and the layout of the programs."""
 import ast
 import glob
 import json
@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 import benchmark
 import data
 import train
-from util import evaluate, recipe
+import recipes
+from util import evaluate
 
 REPO = os.path.dirname(os.path.abspath(train.__file__))
 TINY = ["--dataset", "synthetic", "--max-per-class", "12", "--model", "micro", "--batch-size", "20",
@@ -34,33 +35,70 @@ def test_recipe_is_printed_saved_and_first_in_metrics(tmp_path, capsys):
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first == {"recipe": saved}
     printed = capsys.readouterr().out
-    assert "recipe: stage=vit defaults=scratch" in printed and " lr=0.001 " in printed
+    assert "recipe: stage=vit defaults=scratch" in printed and " lr=0.001" in printed
+    assert "patch_size=8 (recipe demo)" in printed
 
 
 def test_each_stage_resolves_its_own_defaults():
     args = train.parse_args(["--dataset", "imagenet", "--data-dir", "x", "--method", "llb",
                              "--pretrained", "vit_b_16:IMAGENET1K_SWAG_E2E_V1"])
-    (r, folder), = recipe.plan(args)
+    (r, folder), = recipes.plan(args)
     assert (r.stage, r.defaults, r.optimizer, r.lr, r.epochs) == ("llb", "llb", "adam", 1e-4, 70)
     assert (r.image_size, r.augment, r.batch_size) == (384, "paper", 128)  # SWAG: 384 px
     assert r.llb["num_objects"] == 2048 and r.llb["layer"] == 11 and r.llb["depth"] == 6
     assert folder.name == "imagenet_llb"
     # the demo: both stages of vit+llb, the LLB stage with the synthetic set's own sizes
-    (v, _), (l, _) = recipe.plan(train.parse_args(["--lr", "0.002"]))
+    (v, _), (l, _) = recipes.plan(train.parse_args(["--lr", "0.002"]))
     assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
     assert (l.defaults, l.lr, l.epochs, l.llb["num_objects"]) == ("llb", 0.002, 4, 64)
     assert l.backbone.endswith(os.path.join("vit", "last.pt")) and l.model is None
     # a ViT from scratch on a folder of small images it cannot read: no augmentation, ViT-Ti/4
     args = train.parse_args(["--dataset", "folder", "--data-dir", "x", "--image-size", "32",
                              "--method", "vit"])
-    (r, _), = recipe.plan(args)
+    (r, _), = recipes.plan(args)
     assert (r.augment, r.model, r.patch_size, r.lr) == ("none", "tiny", 4, 1e-3)
+
+
+def test_a_named_recipe_is_a_paper_row_and_options_go_on_top():
+    """--recipe NAME sets what the row needs (method, data, weights, framing); the command line
+    wins over it; the values it set say so in the printed recipe."""
+    args = train.parse_args(["--recipe", "swag-b16", "--data-dir", "/data/imagenet"])
+    assert args.method == "llb" and args.out_dir == os.path.join("runs", "imagenet_llb")
+    (r, _), = recipes.plan(args)
+    assert (r.dataset, r.pretrained, r.eval_framing) == (
+        "imagenet", "vit_b_16:IMAGENET1K_SWAG_E2E_V1", "authors")
+    assert (r.defaults, r.lr, r.epochs, r.image_size, r.augment) == ("llb", 1e-4, 70, 384, "paper")
+    assert r.origin["pretrained"] == "recipe swag-b16" and "data_dir" not in r.origin
+    assert "pretrained=vit_b_16:IMAGENET1K_SWAG_E2E_V1 (recipe swag-b16)" in r.describe()
+    (mine, _), = recipes.plan(train.parse_args(["--recipe", "swag-b16", "--data-dir", "d",
+                                                "--epochs", "3", "--eval-framing", "weights"]))
+    assert (mine.epochs, mine.eval_framing) == (3, "weights") and "epochs" not in mine.origin
+    # every named recipe resolves (its weights' sizes are known without a download)
+    for name in recipes.RECIPES:
+        for r, _ in recipes.plan(train.parse_args(["--recipe", name, "--data-dir", "d"])):
+            assert r.origin.get("dataset") == f"recipe {name}", name
+    # the demo's recipe applies on the synthetic set, and only there
+    (v, _), (l, _) = recipes.plan(train.parse_args([]))
+    assert (v.epochs, l.epochs, l.lr, l.llb["num_objects"]) == (12, 4, 1e-3, 64)
+    assert l.origin["num_objects"] == "recipe demo"
+    (v, _), (l, _) = recipes.plan(train.parse_args(["--dataset", "imagenet", "--data-dir", "x"]))
+    assert (v.epochs, v.model, l.llb["num_objects"], l.lr) == (70, "base", 2048, 1e-4)
+
+
+def test_help_says_where_each_default_comes_from(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name, values in [*recipes.RECIPES.items(), *recipes.STAGES.items()]:
+        assert f"  {name}: " in text, name
+        assert all(f"{k}={v}" in text.replace("\n      ", " ") for k, v in values.items()), name
+    assert "num_objects=2048" in text and "epochs=70" in text and "batch_size=128" in text
 
 
 def test_the_llb_stage_defaults_to_the_authors_recipe_exactly():
     """Adam with coupled L2 1e-4 on every trainable parameter (biases and LayerNorms too), no
     clipping, no warmup, cosine to eta_min 5e-5, fp32 evaluation; a ViT keeps its own."""
-    (v, _), (r, _) = recipe.plan(train.parse_args(["--dataset", "folder", "--data-dir", "x"]))
+    (v, _), (r, _) = recipes.plan(train.parse_args(["--dataset", "folder", "--data-dir", "x"]))
     assert (r.optimizer, r.weight_decay, r.decay_all, r.clip_grad) == ("adam", 1e-4, True, 0.0)
     assert (r.lr, r.min_lr, r.warmup_epochs, r.eval_amp) == (1e-4, 5e-5, 0.0, False)
     assert (v.optimizer, v.decay_all, v.clip_grad, v.eval_amp) == ("adamw", False, 1.0, True)
@@ -77,7 +115,7 @@ def test_the_llb_stage_defaults_to_the_authors_recipe_exactly():
     assert all(p.ndim >= 2 for p in decayed["params"]) and plain["weight_decay"] == 0.0
     assert all(p.ndim < 2 for p in plain["params"])
     with pytest.raises(ValueError, match=r"floor of the learning rate, 5e-05, is above its peak"):
-        recipe.plan(train.parse_args(["--method", "llb", "--dataset", "folder", "--data-dir", "x",
+        recipes.plan(train.parse_args(["--method", "llb", "--dataset", "folder", "--data-dir", "x",
                                      "--pretrained", "vit_b_16:IMAGENET1K_V1", "--lr", "1e-5"]))
 
 
@@ -91,7 +129,7 @@ def test_training_loop_reads_the_loss_back_every_log_interval_only(monkeypatch):
     """No host sync per step: this project's code reads tensors back only every LOG_EVERY steps.
     Every way of reading a tensor on the host is spied on when called from a file of the repo."""
     args = train.parse_args(TINY + ["--method", "vit+llb", "--batch-size", "2", "--max-per-class", "5"])
-    r = recipe.plan(args)[1][0]
+    r = recipes.plan(args)[1][0]
     r.backbone = None  # LLB on a fresh ViT: only the step is tested here
     r.model, r.patch_size = "micro", 8
     train_set, _, info = data.build_datasets("synthetic", max_per_class=5)
@@ -159,8 +197,8 @@ def test_programs_import_one_way():
         return None
     cycles = [c for c in (cycle_from(m, []) for m in sorted(modules)) if c]
     assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
-    assert {"vit", "llb", "data", "train", "util.recipe", "inputs.pretrained"} <= set(graph)
-    assert "train" not in graph["benchmark"] and "train" not in graph["util.recipe"]
+    assert {"vit", "llb", "data", "train", "recipes", "inputs.pretrained"} <= set(graph)
+    assert "train" not in graph["benchmark"] and "train" not in graph["recipes"]
 
 
 def test_train_help_is_training_only(capsys):
@@ -187,12 +225,12 @@ def test_eval_framing_is_an_option_saved_in_the_recipe_and_taken_by_eval_only(tm
     common = ["--dataset", "folder", "--data-dir", str(root), "--method", "vit", "--pretrained",
               "timm:vit_base_patch16_224.augreg_in21k_ft_in1k", "--weights-file", "w.bin",
               "--batch-size", "2"]
-    (own, _), = recipe.plan(train.parse_args(common))
-    (r, _), = recipe.plan(train.parse_args(common + ["--eval-framing", "authors"]))
+    (own, _), = recipes.plan(train.parse_args(common))
+    (r, _), = recipes.plan(train.parse_args(common + ["--eval-framing", "authors"]))
     assert (own.eval_framing, r.eval_framing, r.augment) == ("weights", "authors", "paper")
     for rec, val_resize in ((own, [248]), (r, [256])):
-        train_loader, val_loader, _ = recipe.build_loaders(rec, rank=0, world=1, workers=0,
-                                                           device=torch.device("cpu"))
+        train_loader, val_loader, _ = data.build_loaders(rec, rank=0, world=1, workers=0,
+                                                         device=torch.device("cpu"))
         resize = val_loader.dataset.transform.transforms[0]
         assert (resize.size, resize.interpolation.value) == (val_resize, "bicubic")
         assert train_loader.dataset.transform.transforms[0].size == [256]  # the authors' train
@@ -210,7 +248,7 @@ def test_eval_framing_is_an_option_saved_in_the_recipe_and_taken_by_eval_only(tm
     assert evaluate.checkpoint_recipe(older, "x.pt", train.parse_args(
         ["--eval-only", "x.pt"])).eval_framing == "weights"
     # --resume: a checkpoint older than the option resumes with the default, not another one
-    recipe.check_resume(own, older["recipe"], "last.pt")
+    recipes.check_resume(own, older["recipe"], "last.pt")
     with pytest.raises(ValueError, match=r"eval_framing: checkpoint 'weights', this command "
                                          r"'authors'"):
-        recipe.check_resume(r, older["recipe"], "last.pt")
+        recipes.check_resume(r, older["recipe"], "last.pt")

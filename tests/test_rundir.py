@@ -118,20 +118,32 @@ def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
     assert not (out / rundir.LOCK).exists()
 
 
-def test_a_stale_lock_is_taken_over_and_a_live_one_names_its_holder(tmp_path, capsys):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    (tmp_path / rundir.LOCK).write_text(f'{{"pid": {gone}, "host": "{os.uname().nodename}", '
-                                        f'"program": "train.py", "since": "then"}}')
-    lock = rundir.acquire(tmp_path, "train.py")
-    assert f"removing the stale lock {lock}" in capsys.readouterr().out
-    rundir.release(lock)
-    assert not lock.exists()
-    # a lock of another host is never taken over: it says how to clear it
-    lock.write_text('{"pid": 1, "host": "elsewhere", "program": "analyze.py", "since": "then"}')
-    with pytest.raises(RuntimeError, match=r"in use by analyze.py \(process 1 on elsewhere, "
-                                           rf"since then\).*delete {lock}"):
-        rundir.acquire(tmp_path, "train.py")
+def test_a_lock_file_left_behind_is_free_and_a_held_one_names_its_holder(tmp_path):
+    # a process killed with -9 leaves its lock file, but the kernel released its lock
+    (tmp_path / rundir.LOCK).write_text('{"pid": 1, "host": "elsewhere", "program": '
+                                        '"train.py", "since": "then"}')
+    fd = rundir.acquire(tmp_path, "analyze.py")
+    assert '"program": "analyze.py"' in (tmp_path / rundir.LOCK).read_text()
+    # held (here by another process, as across hosts on NFS): refused, naming the holder
+    (tmp_path / "other").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(tmp_path / "other" / rundir.LOCK)!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b'{{"pid": 7, "host": "node2", "program": "train.py", "since": "now"}}')
+print("held", flush=True)
+time.sleep(60)"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=r"in use by train.py \(process 7 on node2, since "
+                                               r"now\); nothing was changed"):
+            rundir.acquire(tmp_path / "other", "train.py")
+    finally:
+        holder.kill()
+        holder.wait()
+    rundir.release(tmp_path, fd)
+    assert not (tmp_path / rundir.LOCK).exists()
+    rundir.release(tmp_path / "other", rundir.acquire(tmp_path / "other", "train.py"))
 
 
 def test_torchrun_on_a_new_and_on_an_existing_out_dir(tmp_path):

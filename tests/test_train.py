@@ -164,14 +164,18 @@ def test_fp16_scales_the_loss(tmp_path):
     (["--method", "vit", "--llb-epochs", "3"], "--llb-epochs/--llb-lr set the LLB stage"),
     (["--weights-file", "x.pth"], "--weights-file needs --pretrained"),
     (["--device", "cuda", "--gpus", "8"], "this machine has"),
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-    (["--epochs", "-1"], "--epochs must be >= 1, got -1"),
-    (["--lr", "0"], "--lr must be > 0, got 0.0"),
-    (["--num-objects", "0"], "--num-objects must be >= 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),
+    (["--lr", "0"], "argument --lr: must be > 0, got 0.0"),
+    (["--num-objects", "0"], "argument --num-objects: must be >= 1, got 0"),
     (["--num-objects", "1"], "num_objects must be >= 2"),
-    (["--tau", "0"], "tau must be finite and > 0"),
+    (["--tau", "0"], "argument --tau: must be > 0, got 0.0"),
     (["--alpha", "1.5"], "alpha must be in [0, 1]"),
+    (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+    (["--dropout", "1"], "argument --dropout: must be in [0, 1), got 1.0"),
+    (["--recipe", "nope"], "argument --recipe: invalid choice: 'nope'"),
+    (["--recipe", "swag-b16", "--method", "llb", "--backbone", "x.pt"], "pick one"),
     (["--resume", "--overwrite"], "pick one"),
     (["--gpus", "2"], "no CUDA GPU; to run 2 CPU processes (gloo), add --device cpu"),
 ])
@@ -196,8 +200,6 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         return real(logits, *a, **k) * (float("nan") if len(calls) == 16 else 1.0)
 
     monkeypatch.setattr(F, "cross_entropy", exploding)
-    # the time estimate's timed steps would count as calls too: this test counts training steps
-    monkeypatch.setattr(train.estimate, "announce", lambda *args, **kwargs: None)
     with pytest.raises(RuntimeError, match=r"non-finite loss \(nan\) at step 15 \(epoch 3\)"):
         run(tmp_path, "--method", "vit", "--epochs", "3")
     kept = torch.load(tmp_path / "run" / "last.pt", weights_only=True)

@@ -1,5 +1,7 @@
-"""How this project's programs end: a mistake in the input is one paragraph, not a traceback.
+"""How this project's programs read numbers and end: a mistake in the input is one paragraph, not
+a traceback.
 
+    p.add_argument("--epochs", type=cli.at_least(1))       # argparse refuses 0, -1, inf, nan
     if __name__ == "__main__":
         sys.exit(cli.run(main))
 
@@ -8,12 +10,43 @@ this project raise them with a message that says what was expected and how to fi
 `error: ...` once (rank 0 under DDP) and exits 2; `--debug` or LLB_DEBUG=1 shows the traceback
 instead. Ctrl-C exits 130 with what was kept and how to continue (`Interrupted`).
 """
+import argparse
+import math
 import os
 import sys
 
 from util.distributed import is_master
 
 USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+def number(kind, *, low: float, above: bool = False, below: float = math.inf):
+    """An argparse type: a finite `kind` (int or float) >= low (> low when `above`), < below.
+    argparse prints the refusal as "argument --lr: must be > 0, got 0.0"."""
+    def parse(text: str):
+        value = kind(text)  # not a number: argparse's own "invalid int value: 'x'"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+        too_low = value <= low if above else value < low
+        if too_low or value >= below:
+            bounds = f"> {low:g}" if above else f">= {low:g}"
+            if below < math.inf:
+                bounds = f"in [{low:g}, {below:g})"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def at_least(low: int):
+    """An integer option >= low (counts and sizes)."""
+    return number(int, low=low)
+
+
+POSITIVE = number(float, low=0, above=True)  # learning rates, temperatures
+NON_NEGATIVE = number(float, low=0)  # weights, floors, epochs of warmup, clipping
+FRACTION = number(float, low=0, below=1)  # dropout, label smoothing
 
 
 class Interrupted(Exception):

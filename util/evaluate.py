@@ -9,9 +9,10 @@ from dataclasses import fields
 
 import torch
 
+import data
 import llb
-from inputs import named_sets
-from util import distributed, recipe
+import recipes
+from util import distributed
 from util.checkpoint import load_checkpoint, model_from_checkpoint
 from util.distributed import is_master
 
@@ -33,7 +34,7 @@ def scores_of(out) -> dict:
 @torch.no_grad()
 def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks.
-    real: ImageNet-ReaL label lists in the split's order (named_sets.read_real_labels); adds
+    real: ImageNet-ReaL label lists in the split's order (data.read_real_labels); adds
     top1_real_<prediction> over the images that have ReaL labels."""
     net.eval()
     correct = {}  # prediction -> (top-1, top-5) counts, on the device
@@ -56,7 +57,7 @@ def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     if real is not None:  # this rank's images are rank::world of the split (EvalShardSampler)
         mine = [real[i] for i in loader.sampler.indices]
         for n in names:
-            counts += named_sets.real_hits(torch.cat(predicted[n]).cpu(), mine)
+            counts += data.real_hits(torch.cat(predicted[n]).cpu(), mine)
     sums = distributed.all_sum(counts, device)
     # sums: (top-1, top-5) hits per prediction, the image count, then (ReaL hits, ReaL images)
     images = sums[2 * len(names)]
@@ -85,17 +86,18 @@ def read_real(args, val_loader) -> list | None:
     """--real-labels FILE: ImageNet-ReaL labels of the validation split, in its order."""
     if args.real_labels is None:
         return None
-    return named_sets.read_real_labels(args.real_labels, val_loader.dataset)
+    return data.read_real_labels(args.real_labels, val_loader.dataset)
 
 
-def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
+def checkpoint_recipe(ckpt: dict, path, args) -> recipes.Recipe:
     """The recipe a checkpoint was trained with; the evaluation options given on the command
     line (EVAL_OPTIONS that are not None in `args`) replace its own. Says which came from where."""
-    saved = ckpt.get("recipe") or {  # a checkpoint older than recipes: its dataset and size
-        "dataset": ckpt["dataset"], "image_size": ckpt["vit_config"]["image_size"]}
-    known = {f.name for f in fields(recipe.Recipe)}
-    saved = {"stage": ckpt["kind"], "defaults": ckpt["kind"]} | {
-        k: v for k, v in saved.items() if k in known}
+    saved = ckpt.get("recipe") or {  # a checkpoint older than recipes: its data, no augmentation
+        "dataset": ckpt["dataset"], "image_size": ckpt["vit_config"]["image_size"],
+        "augment": "none", "defaults": "llb" if ckpt["kind"] == "llb" else "scratch"}
+    known = {f.name for f in fields(recipes.Recipe)}
+    saved = {"stage": ckpt["kind"]} | {k: v for k, v in recipes.filled(saved).items()
+                                      if k in known}
     given = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k, None) is not None}
     if is_master():
         taken = [f"{k}={saved[k]}" for k in DATA_OPTIONS if k not in given and k in saved]
@@ -105,7 +107,11 @@ def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:
         print(f"data options from {path}: {', '.join(taken) or 'none'}"
               + (f"; from the command line: {typed}" if typed else "")
               + (f"; this device's default: {device}" if device else ""))
-    return recipe.Recipe(**(saved | given))
+    r = recipes.Recipe(**(saved | given))
+    problem = recipes.data_problem(r.dataset, r.data_dir, r.max_per_class)
+    if problem:  # options given over the checkpoint's
+        raise ValueError(problem)
+    return r
 
 
 def evaluate_checkpoint(args, device) -> dict:
@@ -114,12 +120,12 @@ def evaluate_checkpoint(args, device) -> dict:
     r = checkpoint_recipe(ckpt, args.eval_only, args)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    _, val_loader, info = recipe.build_loaders(r, rank=rank, world=world, workers=args.workers,
+    _, val_loader, info = data.build_loaders(r, rank=rank, world=world, workers=args.workers,
                                                device=device, train=False)
     model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
     real = read_real(args, val_loader)
     results = evaluate(model.to(device), val_loader, device,
-                       recipe.autocast(r.amp, device, enabled=r.eval_amp), real=real)
+                       recipes.autocast(r.amp, device, enabled=r.eval_amp), real=real)
     if is_master():
         print_table(results, f"{args.eval_only} on {info.name} validation "
                              f"({len(val_loader.dataset)} images, eval framing "

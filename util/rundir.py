@@ -6,12 +6,13 @@ started, and no debris from a run that failed before its first checkpoint.
         run.started(model)  # --overwrite: only now the old run's files go
         ...                 # train
 
-The lock is the file <out-dir>/.lock (JSON: pid, host, program, since), created with O_EXCL:
-a second training, analysis or --overwrite into that folder is refused, naming the holder. It
-is removed on every exit (errors and Ctrl-C included). A lock left by a process that was killed
-(kill -9, power loss) is taken over when that process no longer exists on this host; one from
-another host is only named, with the command that clears it. Under torchrun only global rank 0
-takes it (it alone writes files); the other ranks wait for its verdict (`sync`).
+The lock is an exclusive flock(2) on the file <out-dir>/.lock, which names its holder (program,
+process, host, since): a second training, analysis or --overwrite into that folder is refused
+with that name. The kernel releases the lock when its process ends, however it ends (kill -9
+and power loss included), so a lock is never stale, and on a filesystem shared by several hosts
+(NFS) it holds across them. The file is removed on every exit. Under torchrun only global rank 0
+takes it (it alone writes files); the other ranks wait for its verdict.
+Note: flock is POSIX (Linux, macOS); where Python has no fcntl (Windows), runs are not locked.
 """
 import json
 import os
@@ -25,6 +26,12 @@ import torch
 
 from util import distributed
 from util.checkpoint import load_checkpoint
+from util.cli import message_of
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 # The files a training stage writes into its folder (train.py), and those analyze.py writes
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "results.json", "curves.png")
@@ -35,10 +42,6 @@ LOCK = ".lock"
 # A checkpoint holds the model, Adam's two moments and the RNGs: about 3x the parameters; the
 # atomic save needs its temporary copy beside last.pt and best.pt
 CHECKPOINT_COPIES = 3
-
-
-def message_of(err: BaseException) -> str:
-    return str(err).strip() or type(err).__name__
 
 
 def for_training(args, folders: list[Path]) -> "RunDir":
@@ -58,65 +61,50 @@ def analysis_files(folder: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- the lock
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _holder(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def acquire(folder: Path, program: str) -> Path:
-    """Take <folder>/.lock or raise RuntimeError naming the process that holds it."""
+def acquire(folder: Path, program: str) -> int:
+    """Take the lock <folder>/.lock (returns its open file) or raise RuntimeError naming the
+    process that holds it."""
     path = folder / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "program": program,
-          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(path)
-            if holder is None and time.time() - _mtime(path) < 5:
-                time.sleep(0.5)  # being written by the process that just created it
-                continue
-            if holder is None or (holder.get("host") == me["host"]
-                                  and not _alive(int(holder.get("pid", -1)))):
-                print(f"note: removing the stale lock {path} ({holder or 'unreadable'}): its "
-                      f"process no longer runs")
-                path.unlink(missing_ok=True)
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
             raise RuntimeError(
                 f"{folder} is in use by {holder.get('program')} (process {holder.get('pid')} on "
                 f"{holder.get('host')}, since {holder.get('since')}); nothing was changed. Wait "
-                f"for it to finish or pick another --out-dir; if that process no longer runs "
-                f"(killed on another machine), delete {path}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me) + "\n")
-        return path
-    raise RuntimeError(f"cannot take the lock {path}: another process keeps creating it; "
-                       f"pick another --out-dir")
+                f"for it to finish or pick another --out-dir.") from None
+        if _same_file(path, fd):
+            break
+        os.close(fd)  # its last holder removed the file as we opened it: take the new one
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "program": program,
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(me) + "\n").encode())
+    return fd
 
 
-def _mtime(path: Path) -> float:
+def _holder(fd: int) -> dict:
     try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+        return json.loads(os.pread(fd, 4096, 0))
+    except ValueError:  # being written this instant
+        return {}
 
 
-def release(path: Path | None) -> None:
-    """Remove our own lock (never another process's)."""
-    if path is not None and (_holder(path) or {}).get("pid") == os.getpid():
-        path.unlink(missing_ok=True)
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def release(folder: Path, fd: int | None) -> None:
+    """Remove and unlock our own lock (removed first: no one can take the old file after)."""
+    if fd is not None:
+        (folder / LOCK).unlink(missing_ok=True)
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -134,9 +122,13 @@ class RunDir:
                  guard: bool = True, writer: bool = True):
         self.out_dir = Path(out_dir)
         self.folders = [Path(f) for f in folders]
-        self.resume, self.overwrite, self.program = resume, overwrite, program
-        self.lock, self.guard, self.writer = lock, guard, writer
-        self.lock_path = None
+        self.resume = resume
+        self.overwrite = overwrite
+        self.program = program
+        self.lock = lock
+        self.guard = guard
+        self.writer = writer
+        self.lock_fd = None
         self.created = []  # folders this run created (removed again if left empty)
         self.before = set()  # run files that were there before (never removed on failure)
         self.pending = []  # --overwrite: the old run's files, removed by started()
@@ -175,8 +167,8 @@ class RunDir:
                 raise OSError(f"cannot write to the output folder {folder} ({err.strerror}): "
                               f"pick another --out-dir, or free space / fix its permissions"
                               ) from err
-        if self.lock:
-            self.lock_path = acquire(self.out_dir, self.program)
+        if self.lock and fcntl is not None:
+            self.lock_fd = acquire(self.out_dir, self.program)
         self.owned = True  # from here on, the run files in these folders are this run's
         found = self.run_files()  # now that no one else can write here
         self.before = set(found)
@@ -231,44 +223,13 @@ class RunDir:
                         if f.exists() and f not in self.before:
                             f.unlink(missing_ok=True)
         finally:
-            release(self.lock_path)
-            self.lock_path = None
+            release(self.out_dir, self.lock_fd)
+            self.lock_fd = None
         for folder in reversed(self.created):
             try:
                 folder.rmdir()  # only if empty
             except OSError:
                 pass
-
-
-def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
-    """analyze.py: refuse to replace an analysis made with other options (analysis.json's
-    "options") unless --overwrite; the same options may be rerun."""
-    path = folder / "analysis.json"
-    if overwrite or not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text()).get("options")
-    except (OSError, ValueError, AttributeError):
-        old = None
-    if old == options:
-        return
-    differ = ("made before analyses recorded their options" if not isinstance(old, dict) else
-              "; ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in options.items()
-                        if old.get(k) != v))
-    raise ValueError(f"{folder} already holds an analysis with other options ({differ}); "
-                     f"nothing was changed. Replace it with --overwrite, or write this one "
-                     f"elsewhere with --out-dir.")
-
-
-def record_analysis(folder: Path, options: dict) -> dict:
-    """Add the options to analysis.json (atomically), for check_analysis's next look; returns
-    what it now holds."""
-    path = folder / "analysis.json"
-    results = json.loads(path.read_text()) | {"options": options}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
-    return results
 
 
 def interrupted(folder: Path, argv) -> str:
