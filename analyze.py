@@ -7,7 +7,7 @@ semantically unrelated classes lie close in ViT space), while LLB's non-visual b
 sees only latent-object ids (A N_emb) and is trained only by the labels, arranges them by the
 labels' own structure. One pass over the validation split (eval mode, no grad; `collect`)
 measures that; `write_report` writes, next to CKPT (its run directory), figures that carry their
-own title, labels and legend (drawn by plotting/plots.py):
+own title, labels and legend (drawn by plotting/figures.py):
 
   latent_objects.png   8 validation images (one per class, the first met), each beside its patch
                        grid coloured by the argmax latent object of each patch: LLB step 1's
@@ -48,6 +48,7 @@ folder, `--superclasses FILE` gives them (and replaces a set's own): a JSON obje
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -55,40 +56,18 @@ import torch
 from tqdm import tqdm
 
 import data
-from inputs import images
-from plotting import plots
+from plotting import figures
 from util import checkpoint, checks, cli, evaluate, measures, recipe, rundir
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
 MIN_IMAGE_PX = 128  # images shown at least this large (nearest upscale)
 LEGEND_OBJECTS = 20  # the most used objects named in the legend, one Kelly colour each
-# Kelly's 22 colours of maximum contrast without white and black: for the 20 most used objects
-KELLY = ("F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 "
-         "F99379 604E97 F6A600 B3446C DCD300 882D17 8DB600 654522 E25822 2B3D26").split()
 HEADS = {"visual": "p_V", "nonvisual": "p_N", "integrated": "p_O"}
 PREDICTION = {"visual": "pred_v", "nonvisual": "pred_n", "integrated": "pred_o"}  # collect's keys
 SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head reads (LN(c_v), "
                                "or LN(mean of the patch tokens) on an average-pooling backbone)"),
           "nonvisual": ("feat_n", "LLB's non-visual space: feat_n = LN(c_n), its class token")}
-
-
-# ----------------------------------------------------------------------------- measures
-def object_colours(counts: torch.Tensor) -> torch.Tensor:
-    """uint8 (O, 3): the object of usage rank r (ties by id) gets Kelly colour r for r < 20,
-    else a golden-angle hue: fixed for a run, distinct for the most used objects."""
-    n = len(counts)
-    rank_of = torch.empty(n, dtype=torch.long)
-    rank_of[torch.argsort(-counts, stable=True)] = torch.arange(n)
-    kelly = torch.tensor([[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY]).float()
-    r = torch.arange(n, dtype=torch.float)
-    hue = (r * 0.618034) % 1
-    sat = torch.full_like(r, 0.6)
-    val = 0.95 - 0.3 * (r % 2)
-    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * hue[:, None]) % 6  # HSV -> RGB, (n, 3)
-    hsv = 255 * (val[:, None] - val[:, None] * sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))
-    palette = torch.cat([kelly, hsv[len(kelly):]])[:n]
-    return palette[rank_of].round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- one pass
@@ -131,22 +110,24 @@ def collect(model, loader, device, autocast) -> dict:
 
 
 # ----------------------------------------------------------------------------- the report
-def latent_objects_picture(c: dict, *, info, checkpoint_path, num_objects: int, usage: dict,
-                           run_dir: Path) -> None:
+def latent_objects_picture(collected: dict, *, info, checkpoint_path, num_objects: int,
+                           usage: dict, run_dir: Path) -> None:
     """latent_objects.png (labelled) and latent_objects.txt (its legend as text)."""
-    counts = c["object_counts"]
-    colours = object_colours(counts)
+    counts = collected["object_counts"]
+    colours = figures.colours_by_rank(counts)
     scale = max(1, math.ceil(MIN_IMAGE_PX / info.image_size))
-    tiles = plots.patch_pairs(c["images"], c["image_objects"], colours, scale=scale)
-    g = math.isqrt(c["image_objects"].shape[1])
+    tiles = figures.patch_pairs(collected["images"], collected["image_objects"], colours,
+                                scale=scale)
+    g = math.isqrt(collected["image_objects"].shape[1])
     names = info.class_names
+    shown = collected["image_index"].tolist()  # the images' positions in collected["y"]
+    classes = [int(collected["y"][i]) for i in shown]
 
-    def said(head, i):
-        pred = int(c[head][i])
-        return f"{names[pred]} ({'right' if pred == int(c['y'][i]) else 'WRONG'})"
-    captions = [[f"class {int(c['y'][i])}: {names[int(c['y'][i])]}",
-                 *(f"{HEADS[h]}: {said(PREDICTION[h], i)}" for h in HEADS)]
-                for i in c["image_index"].tolist()]
+    def predicted(head, i):
+        pred = int(collected[PREDICTION[head]][i])
+        return f"{names[pred]} ({'right' if pred == int(collected['y'][i]) else 'WRONG'})"
+    captions = [[f"class {k}: {names[k]}", *(f"{HEADS[h]}: {predicted(h, i)}" for h in HEADS)]
+                for i, k in zip(shown, classes)]
     share = counts.double() / counts.sum()
     ranked = torch.argsort(-counts, stable=True)[:LEGEND_OBJECTS].tolist()
     top = [o for o in ranked if counts[o] > 0]
@@ -155,23 +136,21 @@ def latent_objects_picture(c: dict, *, info, checkpoint_path, num_objects: int, 
              f"each image (left) beside its {g}x{g} patches (right), each patch coloured by the "
              f"latent object it is assigned to (argmax of p^i over {num_objects} objects). "
              f"The same colour is the same object in every image.")
-    notes = (f"Legend: the {len(top)} most used objects and their share of all validation patches; "
-             f"{usage['used']} of {num_objects} objects are used, the others in use get other "
-             f"hues. "
-             f"Perplexity of the mean assignment: {usage['perplexity']:.1f} (effective number of "
-             f"objects). Under each image: its class, then the prediction of the ViT head p_V, the "
-             f"LLB head p_N and the integrated p_O.")
-    image, _ = plots.tile_figure(tiles, captions=captions, title=title, columns=PAIRS_PER_ROW,
-                                 legend_items=items, notes=notes)
-    plots.save(image, run_dir / "latent_objects.png")
+    notes = (f"Legend: the {len(top)} most used objects and their share of all validation "
+             f"patches; {usage['used']} of {num_objects} objects are used, the others in use get "
+             f"other hues. Perplexity of the mean assignment: {usage['perplexity']:.1f} "
+             f"(effective number of objects). Under each image: its class, then the prediction "
+             f"of the ViT head p_V, the LLB head p_N and the integrated p_O.")
+    image, _ = figures.tile_figure(tiles, captions=captions, title=title, columns=PAIRS_PER_ROW,
+                                   legend_items=items, notes=notes)
+    image.save(run_dir / "latent_objects.png")
     side = info.image_size * scale
     lines = [f"latent_objects.png: {len(tiles)} validation images of {info.name} (the first of "
              f"each class met), each shown min-max normalized at {side} px (x{scale}, nearest) "
              f"beside its {g}x{g} patch grid coloured by the argmax latent object of each patch "
              f"(LLB step 1, {num_objects} objects). {PAIRS_PER_ROW} [image | objects] pairs per "
              f"row, left to right:",
-             *(f"  {k + 1}. class {int(c['y'][i])} ({names[int(c['y'][i])]})"
-               for k, i in enumerate(c["image_index"].tolist())),
+             *(f"  {n + 1}. class {k} ({names[k]})" for n, k in enumerate(classes)),
              f"objects used as an argmax on the validation set: {usage['used']} of {num_objects}; "
              f"perplexity of the mean assignment: {usage['perplexity']:.2f}",
              "most used objects (colours: ranks beyond 20 get golden-angle hues):",
@@ -195,15 +174,15 @@ def centroid_picture(sim: torch.Tensor, *, space: str, info, checkpoint_path, or
         notes += ("; mean cosine within / across superclasses: {within:.3f} / {across:.3f}"
                   .format(**superclass))
     notes += "."
-    if len(order) > plots.MAX_NAMED:
+    if len(order) > figures.MAX_NAMED:
         notes += (" Too many classes to name: numbers are positions in analysis.json's "
                   "heatmap_classes.")
     if sim.isnan().any():
         notes += " Grey: a class without validation images."
-    image, _ = plots.heatmap_figure(sim[order][:, order], title=title,
-                                    labels=[f"{c}: {info.class_names[c]}" for c in order],
-                                    groups=groups, group_names=info.coarse_names, notes=notes)
-    plots.save(image, run_dir / f"centroids_{space}.png")
+    image, _ = figures.heatmap_figure(sim[order][:, order], title=title,
+                                      labels=[f"{c}: {info.class_names[c]}" for c in order],
+                                      groups=groups, group_names=info.coarse_names, notes=notes)
+    image.save(run_dir / f"centroids_{space}.png")
 
 
 def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Path) -> dict:
@@ -213,7 +192,7 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
     groups = info.coarse_of_class or [0] * info.num_classes
     names = info.coarse_names or ["all classes"]
     sizes = torch.bincount(torch.tensor([groups[k] for k in present]), minlength=len(names))
-    palette = object_colours(sizes).tolist()  # the largest groups get the first Kelly colours
+    palette = figures.colours_by_rank(sizes).tolist()  # the largest groups: the first colours
     panels = []
     shares = {}
     for space, (feature, where) in SPACES.items():
@@ -227,7 +206,7 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
              f"LLB's non-visual space), scaled to unit length and projected on the first two "
              f"principal axes of that space's centroids.")
     notes = ("Each point is a class" + (f" ({len(present)} classes: too many to name)"
-                                        if len(present) > plots.MAX_POINT_LABELS else ", named")
+                                        if len(present) > figures.MAX_POINT_LABELS else ", named")
              + ("; colour: its superclass (legend)." if info.coarse_of_class else
                 "; one colour: no superclasses given (analyze.py --superclasses FILE)."))
     if len(present) < info.num_classes:
@@ -235,25 +214,24 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
         notes += f" Left out: {missing} class(es) without validation images."
     items = [(palette[g], f"{name} ({int(sizes[g])})") for g, name in enumerate(names)
              if sizes[g] > 0]
-    image, _ = plots.scatter_figure(panels, title=title,
-                                    labels=[info.class_names[k] for k in present],
-                                    colours=[palette[groups[k]] for k in present],
-                                    legend_items=items, notes=notes)
-    plots.save(image, run_dir / "centroids_pca.png")
+    image, _ = figures.scatter_figure(panels, title=title,
+                                      labels=[info.class_names[k] for k in present],
+                                      colours=[palette[groups[k]] for k in present],
+                                      legend_items=items, notes=notes)
+    image.save(run_dir / "centroids_pca.png")
     return shares
 
 
 def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> dict:
     """The pictures, latent_objects.txt and analysis.json of `collect`'s output in `run_dir`,
     and a printed summary; returns what analysis.json holds."""
-    c = collected
     run_dir = Path(run_dir)
-    y = c["y"]
+    y = collected["y"]
     num_classes = info.num_classes
     num_objects = model.config.num_objects
-    usage = measures.object_usage(c["object_counts"], c["assign_sum"])
-    latent_objects_picture(c, info=info, checkpoint_path=checkpoint_path, num_objects=num_objects,
-                           usage=usage, run_dir=run_dir)
+    usage = measures.object_usage(collected["object_counts"], collected["assign_sum"])
+    latent_objects_picture(collected, info=info, checkpoint_path=checkpoint_path,
+                           num_objects=num_objects, usage=usage, run_dir=run_dir)
 
     # class centroids in the visual and non-visual spaces
     order = measures.class_order(num_classes, info.coarse_of_class)
@@ -261,7 +239,7 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
     superclass = {} if info.coarse_of_class else None
     centroids = {}
     for space, (feature, _) in SPACES.items():
-        centroids[space] = measures.class_centroids(c[feature], y, num_classes)
+        centroids[space] = measures.class_centroids(collected[feature], y, num_classes)
         sim = measures.cosine_matrix(centroids[space])
         off = ~torch.eye(num_classes, dtype=torch.bool) & ~sim.isnan()
         mean_sim[space] = sim[off].double().mean().item() if off.any() else None
@@ -275,8 +253,8 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> d
                                      run_dir=run_dir)
 
     # agreement of the heads
-    agree = measures.agreement(c["pred_v"], c["pred_n"], y)
-    top1 = {h: 100 * (c[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
+    agree = measures.agreement(collected["pred_v"], collected["pred_n"], y)
+    top1 = {h: 100 * (collected[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
     groups = [info.coarse_of_class[k] for k in order] if info.coarse_of_class else None
     coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
     results = {"checkpoint": str(checkpoint_path), "dataset": info.name, "val_images": len(y),
@@ -306,6 +284,56 @@ def print_summary(results: dict, run_dir: Path) -> None:
         print(f"{space} class centroids: mean cosine {mean:.3f}" + (
             "  within / across superclasses {within:.3f} / {across:.3f}".format(**superclass[space])
             if superclass and None not in superclass[space].values() else ""))
+
+
+# ----------------------------------------------------------------------------- superclasses
+def read_superclasses(path: str | Path, class_names: list[str]) -> tuple[list[int], list[str]]:
+    """(coarse_of_class, coarse_names) of a user's grouping of `class_names`: a JSON object
+    {class name: group} or a text file of `class<TAB>group` lines (blank lines and # comments
+    skipped). Every class needs a group; names unknown to the dataset are an error. Groups are
+    numbered in order of their first class."""
+    path = Path(path)
+    formats = ("a JSON object {\"class name\": \"group\"} or a text file of class<TAB>group "
+               "lines, one per class")
+    if not path.is_file():
+        raise FileNotFoundError(f"superclasses file {path} does not exist; expected {formats}. "
+                                f"Fix the path given to --superclasses")
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        try:
+            group_of = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"superclasses file {path} is not valid JSON ({err}); expected "
+                             f"{formats}") from err
+        if not all(isinstance(g, (str, int)) for g in group_of.values()):
+            raise ValueError(f"superclasses file {path}: every group must be a name (a string), "
+                             f"expected {formats}")
+        group_of = {name: str(group) for name, group in group_of.items()}
+    else:
+        group_of = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"superclasses file {path}, line {number}: {line!r} is not "
+                                 f"class<TAB>group; expected {formats}")
+            group_of[parts[0]] = parts[1]
+    known = set(class_names)
+    unknown = [n for n in group_of if n not in known]
+    if unknown:
+        raise ValueError(f"superclasses file {path} names {len(unknown)} class(es) this dataset "
+                         f"does not have: {unknown[:5]}; its {len(class_names)} classes are "
+                         f"named like {class_names[:3]} (folder names, e.g. ImageNet wnids). "
+                         f"Fix the names in {path}")
+    missing = [n for n in class_names if n not in group_of]
+    if missing:
+        raise ValueError(f"superclasses file {path} gives no group to {len(missing)} of the "
+                         f"dataset's {len(class_names)} classes: {missing[:5]}; every class "
+                         f"needs one. Add them to {path} (a group of their own if need be)")
+    names = list(dict.fromkeys(group_of[c] for c in class_names))  # first appearance order
+    index = {g: i for i, g in enumerate(names)}
+    return [index[group_of[c]] for c in class_names], names
 
 
 # ----------------------------------------------------------------------------- the command
@@ -339,6 +367,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
+    """Refuse to replace an analysis made with other options (analysis.json's
+    "options") unless --overwrite; the same options may be rerun."""
+    path = folder / "analysis.json"
+    if overwrite or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("options")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    if old == options:
+        return
+    differ = ("made before analyses recorded their options" if not isinstance(old, dict) else
+              "; ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in options.items()
+                        if old.get(k) != v))
+    raise ValueError(f"{folder} already holds an analysis with other options ({differ}); "
+                     f"nothing was changed. Replace it with --overwrite, or write this one "
+                     f"elsewhere with --out-dir.")
+
+
+def record_analysis(folder: Path, options: dict) -> dict:
+    """Add the options to analysis.json (atomically), for check_analysis's next look; returns
+    what it now holds."""
+    path = folder / "analysis.json"
+    results = json.loads(path.read_text()) | {"options": options}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+    return results
+
+
 def main(argv=None) -> dict:
     """`python analyze.py CKPT`: one pass over the validation split the checkpoint was trained
     with (or the one given), files next to CKPT."""
@@ -354,9 +413,9 @@ def main(argv=None) -> dict:
     options = {"checkpoint": str(Path(args.checkpoint).resolve())} | {
         k: getattr(r, k) for k in evaluate.DATA_OPTIONS + ("amp",)}
     with rundir.RunDir(out, [out], program="analyze.py", guard=False):
-        rundir.check_analysis(out, options, args.overwrite)
+        check_analysis(out, options, args.overwrite)
         analyze(args, ckpt, r, device, out)
-        return rundir.record_analysis(out, options)
+        return record_analysis(out, options)
 
 
 def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
@@ -364,8 +423,8 @@ def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
     _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
                                                device=device, train=False)
     if args.superclasses is not None:  # checked before the model runs
-        info.coarse_of_class, info.coarse_names = images.read_superclasses(args.superclasses,
-                                                                           info.class_names)
+        info.coarse_of_class, info.coarse_names = read_superclasses(args.superclasses,
+                                                                    info.class_names)
     if ckpt["vit_config"]["image_size"] != info.image_size:
         raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
                          f"px, but the options give {info.image_size} px: drop --image-size")

@@ -1,1 +1,1 @@
-"""Pictures drawn with Pillow alone: labelled figures (plots.py), a run's curves (curves.py)."""
+"""Pictures drawn with Pillow: a run's curves (curves.py), analyze.py's figures (figures.py)."""

@@ -3,7 +3,7 @@
     write_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title="...")
 
 train.py redraws curves.png after every epoch: train loss, and validation top-1 of p_V, p_N and
-p_O per epoch. Drawn with plots.py's primitives (Pillow's ImageDraw and its built-in font).
+p_O per epoch. Drawn with draw.py's primitives (Pillow's ImageDraw and its built-in font).
 """
 import json
 import math
@@ -11,9 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from plotting.plots import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, legend,
-                            line_height,
-                   nice_ticks, save, say, stack, text_width, tick_text, titled)
+from plotting.draw import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, draw_text,
+                           legend, line_height, nice_ticks, stack, text_width, tick_text, titled)
 
 # metrics.jsonl keys drawn by write_curves, their legend and their colour (Okabe-Ito)
 CURVES = {"top1_visual": ("p_V (ViT head)", (0, 114, 178)),
@@ -52,14 +51,14 @@ def line_chart(series: list, *, y_title: str, x_title: str = "epoch",
         return y1 - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (y1 - y0)
     for t, label in zip(y_ticks, y_labels):
         draw.line((x0, py(t), x1, py(t)), fill=GRID)
-        say(draw, (x0 - GAP, py(t)), label, anchor="rm")
+        draw_text(draw, (x0 - GAP, py(t)), label, anchor="rm")
     for t in x_ticks:
         draw.line((px(t), y0, px(t), y1), fill=GRID)
-        say(draw, (px(t), y1 + GAP), tick_text(t, x_ticks), anchor="mt")
+        draw_text(draw, (px(t), y1 + GAP), tick_text(t, x_ticks), anchor="mt")
     draw.rectangle((x0, y0, x1, y1), outline=TEXT)
-    say(draw, ((x0 + x1) / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    draw_text(draw, ((x0 + x1) / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
     turned = Image.new("RGB", (PANEL_H, line_height(LABEL_SIZE)), PAPER)
-    say(ImageDraw.Draw(turned), (PANEL_H / 2, 0), y_title, size=LABEL_SIZE, anchor="ma")
+    draw_text(ImageDraw.Draw(turned), (PANEL_H / 2, 0), y_title, size=LABEL_SIZE, anchor="ma")
     image.paste(turned.rotate(90, expand=True), (0, y0))
 
     # the data: lines between epochs, a dot on each when there are few
@@ -126,7 +125,7 @@ def write_curves(metrics_path, png_path, *, title: str) -> dict:
                  "-lambda H(p~) outweighs the cross-entropy.")
     body = stack([charts, legend(items, charts.width)], gap=GAP)
     image, y_body = titled(body, f"{title}\n{summary}", notes)
-    save(image, png_path)
+    image.save(png_path)
     x = 2 * MARGIN
     y = y_body + MARGIN
 

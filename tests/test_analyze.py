@@ -13,8 +13,7 @@ from torchvision.io import decode_png, read_file
 import analyze
 import data
 import train
-from inputs import images
-from plotting import plots
+from plotting import draw, figures
 from util import measures
 
 O = 16  # latent objects of the tiny run
@@ -50,7 +49,7 @@ def test_analyze_end_to_end(run_dir):
     # 8 pairs of 32 px images x4 = 128 px in rows of 4 [image | 2 px gap | map] cells of
     # 2 * MARGIN padding, inside two MARGINs (body, figure) each side
     side = 128
-    margin = plots.MARGIN
+    margin = draw.MARGIN
     objects = png(run_dir / "latent_objects.png")
     assert objects.shape[2] == 4 * (2 * side + 2 + 2 * margin) + 4 * margin
     assert objects.shape[1] > 2 * side + 100 and dark(objects[:, :40]) > 100  # the title
@@ -61,7 +60,7 @@ def test_analyze_end_to_end(run_dir):
     # K = 10 classes x 48 px: the diagonal (cosine 1) is 10 red 48 x 48 squares
     for space in ("visual", "nonvisual"):
         heat = png(run_dir / f"centroids_{space}.png")
-        red = (heat == torch.tensor(plots.RED, dtype=torch.uint8)[:, None, None]).all(0)
+        red = (heat == torch.tensor(figures.RED, dtype=torch.uint8)[:, None, None]).all(0)
         assert int(red.sum()) >= 10 * 48 * 48 and heat.shape[2] > 480 + 200
         assert dark(heat[:, :40]) > 100
     assert "share of patches" in legend and len(re.findall(r"^  \d\. class \d", legend, re.M)) == 8
@@ -143,16 +142,6 @@ def test_object_usage():
     assert measures.object_usage(counts, half)["perplexity"] == pytest.approx(2 ** 1.5)
 
 
-def test_object_colours():
-    counts = torch.tensor([0, 9, 3, 9, 1] + [0] * 40)
-    colours = analyze.object_colours(counts)
-    assert colours.shape == (45, 3) and torch.equal(colours, analyze.object_colours(counts))
-    kelly = [[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in analyze.KELLY]
-    assert colours[1].tolist() == kelly[0] and colours[3].tolist() == kelly[1]  # ties: by id
-    assert colours[2].tolist() == kelly[2] and colours[4].tolist() == kelly[3]
-    assert len({tuple(c) for c in colours.tolist()}) == 45  # all distinct here
-
-
 def test_write_report_on_constructed_collect_output(tmp_path, capsys):
     # 4 classes in superclasses [0, 0, 1, 1], two images each. Centroid of class c in both spaces:
     # e_coarse + b e_(2 + c), so within a superclass cos = 1 / (1 + b^2) = 0.8, across 0.
@@ -183,7 +172,7 @@ def test_write_report_on_constructed_collect_output(tmp_path, capsys):
         assert results["superclass_similarity"][space]["within"] == pytest.approx(0.8)
         assert results["superclass_similarity"][space]["across"] == pytest.approx(0, abs=1e-7)
         heat = png(tmp_path / f"centroids_{space}.png")  # the 4 within-superclass cells, 120 px,
-        within = (heat == plots.diverging(torch.tensor([[0.8]]))[:, :1, :1]).all(0)
+        within = (heat == figures.diverging(torch.tensor([[0.8]]))[:, :1, :1]).all(0)
         assert int(within.sum()) == 4 * 120 * 120 - 2 * 120  # less the fish's separator row/column
     assert results["object_usage"] == {"num_objects": 4, "used": 2, "perplexity": pytest.approx(
         math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))}
@@ -216,24 +205,24 @@ def test_read_superclasses_json_text_and_errors(tmp_path):
     classes = ["n01", "n02", "n03"]
     as_json = tmp_path / "g.json"
     as_json.write_text(json.dumps({"n03": "fish", "n01": "cat family", "n02": "cat family"}))
-    assert images.read_superclasses(as_json, classes) == ([0, 0, 1], ["cat family", "fish"])
+    assert analyze.read_superclasses(as_json, classes) == ([0, 0, 1], ["cat family", "fish"])
     as_text = tmp_path / "g.txt"
     as_text.write_text("# comment\nn01\tfish\n\nn02\tbird\nn03\tfish\n")
-    assert images.read_superclasses(as_text, classes) == ([0, 1, 0], ["fish", "bird"])
+    assert analyze.read_superclasses(as_text, classes) == ([0, 1, 0], ["fish", "bird"])
     with pytest.raises(FileNotFoundError, match=r"superclasses file .*nope\.json does not exist; "
                                                 r"expected a JSON object .*--superclasses"):
-        images.read_superclasses(tmp_path / "nope.json", classes)
+        analyze.read_superclasses(tmp_path / "nope.json", classes)
     as_text.write_text("n01\tfish\nn02\tbird\nn09\tfish\nn03\tfish\n")
     with pytest.raises(ValueError, match=r"names 1 class\(es\) this dataset does not have: "
                                          r"\['n09'\]; its 3 classes are named like"):
-        images.read_superclasses(as_text, classes)
+        analyze.read_superclasses(as_text, classes)
     as_json.write_text(json.dumps({"n01": "fish"}))
     with pytest.raises(ValueError, match=r"gives no group to 2 of the dataset's 3 classes: "
                                          r"\['n02', 'n03'\]; every class needs one"):
-        images.read_superclasses(as_json, classes)
+        analyze.read_superclasses(as_json, classes)
     as_text.write_text("n01 fish\n")
     with pytest.raises(ValueError, match=r"line 1: 'n01 fish' is not class<TAB>group"):
-        images.read_superclasses(as_text, classes)
+        analyze.read_superclasses(as_text, classes)
 
 
 def test_pca_2d_recovers_a_planar_layout():
@@ -260,7 +249,7 @@ def test_centroid_pca_picture_colours_points_by_superclass(tmp_path):
     assert set(shares) == {"visual", "nonvisual"} and all(0 < sum(v) <= 1 + 1e-9
                                                           for v in shares.values())
     image = png(tmp_path / "centroids_pca.png")
-    palette = analyze.object_colours(torch.tensor([2, 2]))
+    palette = figures.colours_by_rank(torch.tensor([2, 2]))
     for rgb in palette:  # two discs per panel and a legend swatch, per superclass
         hits = (image == rgb[:, None, None]).all(0)
         assert int(hits.sum()) >= 4 * 30 + 50

@@ -1,5 +1,6 @@
-"""Tests for plotting/plots.py: colours, layout, that text lands in the label margins, and that
-the curves of a constructed metrics.jsonl hit the pixel rows their values map to."""
+"""Tests for plotting/: colours, layout, that text lands in the label margins, and that the
+points of a scatter and the curves of a constructed metrics.jsonl hit the pixels their values
+map to."""
 import json
 import math
 
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from plotting import curves, plots
+from plotting import curves, draw, figures
 
 
 def pixels(image) -> torch.Tensor:
@@ -23,7 +24,7 @@ def inked(t: torch.Tensor, box) -> int:
     it per channel (the white paper is 255)."""
     x0, y0, x1, y1 = box
     part = t[:, y0:y1, x0:x1].int()
-    return int(((part - torch.tensor(plots.TEXT)[:, None, None]).abs() <= 80).all(0).sum())
+    return int(((part - torch.tensor(draw.TEXT)[:, None, None]).abs() <= 80).all(0).sum())
 
 
 def of_colour(t: torch.Tensor, colour) -> torch.Tensor:
@@ -32,44 +33,55 @@ def of_colour(t: torch.Tensor, colour) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- text and ticks
-def test_wrap_and_fit():
+def test_wrap_and_shorten():
     s = "the quick brown fox jumps over the lazy dog " * 6
-    lines = plots.wrap(s, 150, plots.LABEL_SIZE)
-    assert len(lines) > 3 and all(plots.text_width(line, plots.LABEL_SIZE) <= 150 for line in lines)
+    lines = draw.wrap(s, 150, draw.LABEL_SIZE)
+    assert len(lines) > 3 and all(draw.text_width(line, draw.LABEL_SIZE) <= 150 for line in lines)
     assert " ".join(lines).split() == s.split()  # every word kept, in order
-    cut = plots.fit("superclass large_omnivores_and_herbivores", 80, plots.SMALL_SIZE)
-    assert cut.endswith("...") and plots.text_width(cut, plots.SMALL_SIZE) <= 80
-    assert plots.fit("cat", 80, plots.SMALL_SIZE) == "cat"
+    cut = draw.shorten("superclass large_omnivores_and_herbivores", 80, draw.SMALL_SIZE)
+    assert cut.endswith("...") and draw.text_width(cut, draw.SMALL_SIZE) <= 80
+    assert draw.shorten("cat", 80, draw.SMALL_SIZE) == "cat"
 
 
 @pytest.mark.parametrize("lo, hi", [(0, 100), (80.2, 85.9), (-1.603, -0.985), (0.02, 2.0), (3, 3)])
 def test_nice_ticks_cover_the_range_in_round_steps(lo, hi):
-    ticks = plots.nice_ticks(lo, hi)
+    ticks = draw.nice_ticks(lo, hi)
     step = ticks[1] - ticks[0]
     assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) - 1 <= 12
     mantissa = step / 10 ** math.floor(math.log10(step))
     assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6
     assert all(abs(b - a - step) < 1e-9 for a, b in zip(ticks, ticks[1:]))
-    assert plots.nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
+    assert draw.nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- colours
 def test_diverging_colours():
-    img = plots.diverging(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]), scale=3)
+    img = figures.diverging(torch.tensor([[-1.0, 0.0], [1.0, float("nan")]]), scale=3)
     assert img.dtype == torch.uint8 and img.shape == (3, 6, 6)
-    for (i, j), colour in {(0, 0): plots.BLUE, (0, 1): plots.WHITE, (1, 0): plots.RED,
-                           (1, 1): plots.GREY}.items():
+    for (i, j), colour in {(0, 0): figures.BLUE, (0, 1): figures.WHITE, (1, 0): figures.RED,
+                           (1, 1): figures.GREY}.items():
         assert img[:, 3 * i:3 * i + 3, 3 * j:3 * j + 3].flatten(1).T.tolist() == [list(colour)] * 9
-    half = plots.diverging(torch.tensor([[0.5]]))[:, 0, 0].tolist()
-    assert half == [round((255 + c) / 2) for c in plots.RED]
-    assert plots.diverging(torch.tensor([[-7.0]]))[:, 0, 0].tolist() == list(plots.BLUE)  # clamped
+    half = figures.diverging(torch.tensor([[0.5]]))[:, 0, 0].tolist()
+    assert half == [round((255 + c) / 2) for c in figures.RED]
+    clamped = figures.diverging(torch.tensor([[-7.0]]))[:, 0, 0]
+    assert clamped.tolist() == list(figures.BLUE)
+
+
+def test_colours_by_rank():
+    counts = torch.tensor([0, 9, 3, 9, 1] + [0] * 40)
+    colours = figures.colours_by_rank(counts)
+    assert colours.shape == (45, 3) and torch.equal(colours, figures.colours_by_rank(counts))
+    kelly = [[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in figures.KELLY]
+    assert colours[1].tolist() == kelly[0] and colours[3].tolist() == kelly[1]  # ties: by id
+    assert colours[2].tolist() == kelly[2] and colours[4].tolist() == kelly[3]
+    assert len({tuple(c) for c in colours.tolist()}) == 45  # all distinct here
 
 
 def test_patch_pairs():
     images = torch.randn(3, 3, 8, 8)  # 8 px images, patch 4: 2 x 2 patches
     ids = torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3], [1, 0, 0, 1]])
     colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], dtype=torch.uint8)
-    pairs = plots.patch_pairs(images, ids, colours, scale=2, gap=2)
+    pairs = figures.patch_pairs(images, ids, colours, scale=2, gap=2)
     assert pairs.shape == (3, 3, 16, 16 + 2 + 16)
     for patch in range(4):  # each patch is an 8 x 8 block of its object's colour
         r = 8 * (patch // 2)
@@ -84,25 +96,26 @@ def test_patch_pairs():
 def test_heatmap_figure_labels_cells_separators_and_colour_bar():
     values = torch.tensor([[1.0, 0.5, -0.5, 0.0], [0.5, 1.0, 0.0, -1.0],
                            [-0.5, 0.0, 1.0, 0.25], [0.0, -1.0, 0.25, float("nan")]])
-    image, boxes = plots.heatmap_figure(values, title="Cosine of four classes", bar_title="cosine",
-                                        labels=["0: cat", "1: dog", "2: carp", "3: eel"],
-                                        groups=[0, 0, 1, 1], group_names=["mammals", "fish"])
+    image, boxes = figures.heatmap_figure(values, title="Cosine of four classes",
+                                          bar_title="cosine",
+                                          labels=["0: cat", "1: dog", "2: carp", "3: eel"],
+                                          groups=[0, 0, 1, 1], group_names=["mammals", "fish"])
     t = pixels(image)
     assert t.shape == (3, image.height, image.width)
     x0, y0, x1, y1 = boxes["heatmap"]
-    cell = max(plots.MIN_CELL, math.ceil(plots.HEATMAP_PX / 4))  # 120 px per class
+    cell = max(figures.MIN_CELL, math.ceil(figures.HEATMAP_PX / 4))  # 120 px per class
     assert (x1 - x0, y1 - y0) == (4 * cell, 4 * cell)
     for i in range(4):  # the centre of each cell has the value's colour
         for j in range(4):
             centre = t[:, y0 + i * cell + cell // 2, x0 + j * cell + cell // 2]
-            assert centre.tolist() == plots.diverging(values[i:i + 1, j:j + 1])[:, 0, 0].tolist()
+            assert centre.tolist() == figures.diverging(values[i:i + 1, j:j + 1])[:, 0, 0].tolist()
     assert (t[:, y0 + 2 * cell, x0:x1] == 0).all() and (t[:, y0:y1, x0 + 2 * cell] == 0).all()
     assert (t[:, y0 + cell, x0 + 5:x0 + 2 * cell] != 0).any(0).all()  # no line inside a group
     # colour bar: +1 RED at the top, 0 WHITE in the middle row, -1 BLUE at the bottom
     bx0, by0, bx1, by1 = boxes["bar"]
     assert (by1 - by0) % 2 == 1
     middle = (by0 + by1 - 1) // 2
-    for row, colour in ((by0, plots.RED), (middle, plots.WHITE), (by1 - 1, plots.BLUE)):
+    for row, colour in ((by0, figures.RED), (middle, figures.WHITE), (by1 - 1, figures.BLUE)):
         assert t[:, row, bx0:bx1].T.tolist() == [list(colour)] * (bx1 - bx0)
     ticks = (bx1, by0 - 8, image.width, by1 + 8)  # the "+1", "0", "-1" beside the bar
     assert inked(t, ticks) > 20
@@ -111,22 +124,22 @@ def test_heatmap_figure_labels_cells_separators_and_colour_bar():
 
 
 def test_heatmap_figure_without_names_draws_no_label_text():
-    _, boxes = plots.heatmap_figure(torch.zeros(3, 3), title="x", labels=["0", "1", "2"])
-    image, empty = plots.heatmap_figure(torch.zeros(3, 3), title="x", labels=["", "", ""])
+    _, boxes = figures.heatmap_figure(torch.zeros(3, 3), title="x", labels=["0", "1", "2"])
+    image, empty = figures.heatmap_figure(torch.zeros(3, 3), title="x", labels=["", "", ""])
     t = pixels(image)
     assert inked(t, empty["row_labels"]) == 0 and inked(t, empty["col_labels"]) == 0
     assert empty["groups"][2] - empty["groups"][0] == 0  # no groups: no group column
 
 
 def test_heatmap_figure_numbers_rows_when_too_many_classes():
-    k = plots.MAX_NAMED + 80
+    k = figures.MAX_NAMED + 80
     labels = [f"class {i}" for i in range(k)]
-    image, boxes = plots.heatmap_figure(torch.eye(k), title="many", labels=labels)
+    image, boxes = figures.heatmap_figure(torch.eye(k), title="many", labels=labels)
     x0, y0, x1, y1 = boxes["heatmap"]
-    assert x1 - x0 == k * math.ceil(plots.HEATMAP_PX / k)
+    assert x1 - x0 == k * math.ceil(figures.HEATMAP_PX / k)
     t = pixels(image)
     row_box = boxes["row_labels"]
-    assert row_box[2] - row_box[0] < plots.text_width("class 100", plots.LABEL_SIZE)  # numbers only
+    assert row_box[2] - row_box[0] < draw.text_width("class 100", draw.LABEL_SIZE)  # numbers only
     assert inked(t, row_box) > 20 and inked(t, boxes["col_labels"]) > 20
 
 
@@ -134,8 +147,9 @@ def test_heatmap_figure_numbers_rows_when_too_many_classes():
 def test_tile_figure_places_tiles_captions_and_legend():
     tiles = torch.randint(0, 256, (5, 3, 40, 60), dtype=torch.uint8)
     legend = [((255, 0, 0), "object 3: 40.0%"), ((0, 0, 255), "object 1: 20.0%")]
-    image, boxes = plots.tile_figure(tiles, captions=[[f"class {i}", "p_O: x"] for i in range(5)],
-                                     title="five tiles", columns=3, legend_items=legend)
+    captions = [[f"class {i}", "p_O: x"] for i in range(5)]
+    image, boxes = figures.tile_figure(tiles, captions=captions, title="five tiles", columns=3,
+                                       legend_items=legend)
     t = pixels(image)
     assert len(boxes["tiles"]) == 5
     for i, (x0, y0, x1, y1) in enumerate(boxes["tiles"]):
@@ -145,6 +159,32 @@ def test_tile_figure_places_tiles_captions_and_legend():
     legend_part = t[:, boxes["legend"][1]:boxes["legend"][3], boxes["legend"][0]:boxes["legend"][2]]
     assert of_colour(legend_part, (255, 0, 0)).sum() > 50
     assert of_colour(legend_part, (0, 0, 255)).sum() > 50
+    assert inked(t, boxes["title"]) > 10
+
+
+# ----------------------------------------------------------------------------- scatter
+def test_scatter_figure_puts_each_point_where_its_value_maps():
+    # panel 1 spans x -1 .. 1 and y -1 .. 0.5 (round ticks 0.5 apart); panel 2 the same, mirrored
+    points = torch.tensor([[-1.0, -1.0], [0.0, 0.5], [1.0, 0.0]])
+    colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200)]
+    panels = [{"points": p, "title": f"panel {i}", "x_title": "PC1", "y_title": "PC2"}
+              for i, p in enumerate((points, -points))]
+    image, boxes = figures.scatter_figure(panels, title="three classes", labels=["a", "b", "c"],
+                                          colours=colours, notes="two panels",
+                                          legend_items=[(colours[0], "group a")])
+    t = pixels(image)
+    assert len(boxes["plots"]) == 2 and boxes["plots"][1][0] > boxes["plots"][0][2]
+    for (x0, y0, x1, y1), p in zip(boxes["plots"], (points, -points)):
+        assert t[:, (y0 + y1) // 2, x0].tolist() == list(draw.TEXT)  # the frame
+        xs = draw.nice_ticks(float(p[:, 0].min()), float(p[:, 0].max()))
+        ys = draw.nice_ticks(float(p[:, 1].min()), float(p[:, 1].max()))
+        for (x, y), rgb in zip(p.tolist(), colours):
+            col = round(x0 + (x - xs[0]) / (xs[-1] - xs[0]) * (x1 - x0))
+            row = round(y1 - (y - ys[0]) / (ys[-1] - ys[0]) * (y1 - y0))
+            assert t[:, row, col].tolist() == list(rgb)  # the disc's centre
+    legend_part = t[:, boxes["legend"][1]:boxes["legend"][3], boxes["legend"][0]:boxes["legend"][2]]
+    assert of_colour(legend_part, colours[0]).sum() > 30
+    assert not of_colour(legend_part, colours[1]).any()
     assert inked(t, boxes["title"]) > 10
 
 
@@ -171,7 +211,7 @@ def test_curves_hit_the_rows_of_known_values(tmp_path):
     def check(chart, colour, values):
         x0, y0, x1, y1 = boxes[chart]["plot"]
         lo, hi = boxes[chart]["y_range"]
-        assert t[:, (y0 + y1) // 2, x0].tolist() == list(plots.TEXT)  # the frame is where it says
+        assert t[:, (y0 + y1) // 2, x0].tolist() == list(draw.TEXT)  # the frame is where it says
         for epoch, value in enumerate(values, 1):
             x = round(x0 + epoch / 4 * (x1 - x0))
             row = y1 - (value - lo) / (hi - lo) * (y1 - y0)

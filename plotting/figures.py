@@ -1,147 +1,57 @@
-"""Pictures that explain themselves: text, a labelled heatmap with a colour bar, image grids.
+"""analyze.py's figures: a labelled heatmap with a colour bar, a grid of image tiles with
+captions, scatter panels with a legend; and their colours (a diverging map, a palette by rank).
 
-Everything is drawn with Pillow's ImageDraw and its built-in font (Pillow comes with
-torchvision: no plotting library). A figure carries its own title, axis labels, tick values and
-legend, so a PNG can be read without the code that wrote it. Figure builders return
-`(image, boxes)`: the PIL image and the pixel boxes (x0, y0, x1, y1) of its parts, which the
-tests use to check what was drawn where.
-
-Line charts and a run's curves.png: curves.py.
+Drawn with draw.py's primitives (Pillow's ImageDraw and its built-in font). A figure carries its
+own title, axis labels, tick values and legend, so a PNG can be read without the code that wrote
+it. Figure builders return `(image, boxes)`: the PIL image and the pixel boxes (x0, y0, x1, y1)
+of its parts, which the tests use to check what was drawn where.
 """
 import math
-from functools import lru_cache
-from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 
-TEXT = (0, 0, 0)  # text, frames, separators
-PAPER = (255, 255, 255)
-GRID = (225, 225, 225)  # a chart's grid lines
+from plotting.draw import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, draw_text,
+                           legend, line_height, nice_ticks, shorten, stack, text_width, tick_text,
+                           titled)
+
 # diverging colour map: BLUE at the low end (-1), WHITE at 0, RED at the high end (+1); GREY: NaN
 BLUE = (33, 102, 172)
 WHITE = (255, 255, 255)
 RED = (178, 24, 43)
 GREY = (128, 128, 128)
-TITLE_SIZE = 15  # font sizes, px
-LABEL_SIZE = 12
-SMALL_SIZE = 11
-MARGIN = 12  # white around a figure
-GAP = 6  # between a label and what it labels
+# Kelly's 22 colours of maximum contrast without white and black: for the 20 first ranks
+KELLY = ("F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 "
+         "F99379 604E97 F6A600 B3446C DCD300 882D17 8DB600 654522 E25822 2B3D26").split()
 HEATMAP_PX = 480  # a heatmap's side, at least
 MIN_CELL = 12  # px per class when classes are named: one line of SMALL_SIZE text
 MAX_NAMED = 120  # more classes: numbered ticks instead of names
 MAX_LABEL_PX = 200  # longer labels are cut with "..."
 BAR_WIDTH = 20
-
-
-# ----------------------------------------------------------------------------- text
-@lru_cache(maxsize=None)
-def font(size: int) -> ImageFont.FreeTypeFont:
-    """Pillow's built-in font (Aileron) at `size` px."""
-    return ImageFont.load_default(size=size)
-
-
-def say(draw: ImageDraw.ImageDraw, xy: tuple, s: str, *, size: int = SMALL_SIZE,
-        anchor: str = "la") -> None:
-    """Text `s` in the text colour at xy (Pillow's anchors: "rm" = right end, vertical middle)."""
-    draw.text(xy, s, font=font(size), fill=TEXT, anchor=anchor)
-
-
-def line_height(size: int) -> int:
-    ascent, descent = font(size).getmetrics()
-    return ascent + descent
-
-
-def text_width(s: str, size: int) -> int:
-    return math.ceil(font(size).getlength(s))
-
-
-def fit(s: str, width: int, size: int) -> str:
-    """`s`, cut to `width` px with '...' when it is longer."""
-    if text_width(s, size) <= width:
-        return s
-    while s and text_width(s + "...", size) > width:
-        s = s[:-1]
-    return s + "..."
-
-
-def wrap(s: str, width: int, size: int) -> list[str]:
-    """Greedy word wrap of `s` into lines of at most `width` px (a too long word is cut)."""
-    lines = []
-    for paragraph in s.split("\n"):
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if line and text_width(candidate, size) > width:
-                lines.append(fit(line, width, size))
-                candidate = word
-            line = candidate
-        lines.append(fit(line, width, size))
-    return lines
-
-
-def text_block(s: str, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
-    """`s` wrapped to `width` px on white, one line per `line_height`."""
-    lines = wrap(s, width, size)
-    step = line_height(size)
-    image = Image.new("RGB", (width, step * len(lines)), PAPER)
-    draw = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
-        say(draw, (0, i * step), line, size=size)
-    return image
-
-
-def stack(parts: list, *, gap: int = GAP) -> Image.Image:
-    """Images one below the other, left-aligned, `MARGIN` px of white around."""
-    width = max(p.width for p in parts) + 2 * MARGIN
-    height = sum(p.height for p in parts) + gap * (len(parts) - 1) + 2 * MARGIN
-    image = Image.new("RGB", (width, height), PAPER)
-    y = MARGIN
-    for p in parts:
-        image.paste(p, (MARGIN, y))
-        y += p.height + gap
-    return image
-
-
-def titled(body: Image.Image, title: str, notes: str = "") -> tuple[Image.Image, int]:
-    """`body` under its wrapped `title` (and over `notes`); returns the figure and body's top."""
-    width = max(body.width, 480)
-    head = text_block(title, width, size=TITLE_SIZE)
-    parts = [head, body] + ([text_block(notes, width, size=SMALL_SIZE)] if notes else [])
-    return stack(parts, gap=2 * GAP), MARGIN + head.height + 2 * GAP
-
-
-def save(image: Image.Image, path) -> None:
-    image.save(Path(path), format="PNG")
-
-
-def legend(items: list, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
-    """Colour swatches with their text, (rgb, text) pairs flowing left to right in rows."""
-    swatch = line_height(size) - 4
-    cells = [swatch + 4 + text_width(t, size) + 3 * GAP for _, t in items]
-    rows = [[]]
-    x = 0
-    for item, w in zip(items, cells):
-        if x + w > width and rows[-1]:
-            rows.append([])
-            x = 0
-        rows[-1].append((item, x))
-        x += w
-    step = line_height(size) + 2
-    image = Image.new("RGB", (width, step * len(rows)), PAPER)
-    draw = ImageDraw.Draw(image)
-    for r, row in enumerate(rows):
-        for (rgb, t), x in row:
-            y = r * step
-            box = (x, y + 2, x + swatch - 1, y + 1 + swatch)
-            draw.rectangle(box, fill=tuple(rgb), outline=TEXT)
-            say(draw, (x + swatch + 4, y), t, size=size)
-    return image
+SCATTER_PX = 360  # a scatter panel's plot area, square
+POINT_RADIUS = 4
+MAX_POINT_LABELS = 40  # more points: unlabelled (the colours and the legend still say the group)
 
 
 # ----------------------------------------------------------------------------- colours
+def colours_by_rank(counts: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 3): the item of rank r by count (largest first, ties by index) gets Kelly
+    colour r for r < 20, else a golden-angle hue: distinct colours for the largest items."""
+    n = len(counts)
+    rank_of = torch.empty(n, dtype=torch.long)
+    rank_of[torch.argsort(-counts, stable=True)] = torch.arange(n)
+    kelly = torch.tensor([[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY]).float()
+    r = torch.arange(n, dtype=torch.float)
+    hue = (r * 0.618034) % 1
+    sat = torch.full_like(r, 0.6)
+    val = 0.95 - 0.3 * (r % 2)
+    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * hue[:, None]) % 6  # HSV -> RGB, (n, 3)
+    hsv = 255 * (val[:, None] - val[:, None] * sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))
+    palette = torch.cat([kelly, hsv[len(kelly):]])[:n]
+    return palette[rank_of].round().to(torch.uint8)
+
+
 def diverging(values: torch.Tensor, scale: int = 1) -> torch.Tensor:
     """uint8 (3, H*scale, W*scale) of values (H, W) in [-1, 1]: BLUE (-1) - WHITE (0) - RED (+1),
     linear in between, NaN GREY; each value a scale x scale block."""
@@ -173,27 +83,6 @@ def patch_pairs(images: torch.Tensor, patch_ids: torch.Tensor, colours: torch.Te
 
 
 # ----------------------------------------------------------------------------- heatmap
-def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -> list[float]:
-    """Round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi], about `count` intervals."""
-    if hi <= lo:  # one value: a unit around it
-        pad = abs(lo) * 0.05 if lo else 1.0
-        lo, hi = lo - pad, hi + pad
-    raw = (hi - lo) / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-    if integer:
-        step = max(1, round(step))
-    first = math.floor(lo / step + 1e-9)
-    last = math.ceil(hi / step - 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
-
-
-def tick_text(value: float, ticks: list) -> str:
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    return f"{value:.{decimals}f}"
-
-
 def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: list | None = None,
                    group_names: list | None = None, bar_title: str = "cosine",
                    notes: str = "") -> tuple[Image.Image, dict]:
@@ -212,7 +101,7 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
         cells[:, :, i * cell] = 0
     size = SMALL_SIZE if named else LABEL_SIZE
     ticks = range(k) if named else nice_ticks(0, k - 1, count=10, integer=True)[:-1]
-    texts = {int(i): fit(labels[int(i)], MAX_LABEL_PX, size) if named else str(int(i))
+    texts = {int(i): shorten(labels[int(i)], MAX_LABEL_PX, size) if named else str(int(i))
              for i in ticks}
     label_w = max(text_width(t, size) for t in texts.values()) + GAP
 
@@ -220,10 +109,10 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
     spans = []
     if groups:
         edges = [0] + starts + [k]
-        spans = [(a, b, str(group_names[groups[a]]) if group_names else str(groups[a]))
+        spans = [(a, b, shorten(str(group_names[groups[a]] if group_names else groups[a]),
+                                MAX_LABEL_PX, SMALL_SIZE))
                  for a, b in zip(edges[:-1], edges[1:])]
-    group_w = max([text_width(fit(t, MAX_LABEL_PX, SMALL_SIZE), SMALL_SIZE) for *_, t in spans],
-                  default=-2 * GAP) + 2 * GAP
+    group_w = max([text_width(t, SMALL_SIZE) for *_, t in spans], default=-2 * GAP) + 2 * GAP
     bar_h = side - (side + 1) % 2  # odd: its middle row is exactly 0
     bar_text_w = text_width(bar_title, SMALL_SIZE)
     width = group_w + label_w + side + 2 * GAP + BAR_WIDTH + GAP + max(bar_text_w, 24)
@@ -239,26 +128,25 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
     column_draw = ImageDraw.Draw(column)
     for i, t in texts.items():
         y = i * cell + cell / 2
-        say(draw, (x_map - GAP, top + y), t, size=size, anchor="rm")
-        say(column_draw, (GAP, pad + y), t, size=size, anchor="lm")
+        draw_text(draw, (x_map - GAP, top + y), t, size=size, anchor="rm")
+        draw_text(column_draw, (GAP, pad + y), t, size=size, anchor="lm")
     body.paste(column.rotate(90, expand=True), (x_map - pad, 0))  # row i -> column i, upwards
     for a, b, name in spans:
         y0 = top + a * cell + 1
         y1 = top + b * cell - 2
         draw.line((group_w - GAP, y0, group_w - GAP, y1), fill=TEXT)
         if y1 - y0 >= line_height(SMALL_SIZE) - 2:  # room for the name
-            say(draw, (group_w - 2 * GAP, top + (a + b) * cell / 2),
-                fit(name, MAX_LABEL_PX, SMALL_SIZE), anchor="rm")
+            draw_text(draw, (group_w - 2 * GAP, top + (a + b) * cell / 2), name, anchor="rm")
 
     # colour bar: +1 at the top row, 0 in the middle row, -1 at the bottom row
     x_bar = x_map + side + 2 * GAP
     bar = diverging(torch.linspace(1, -1, bar_h)[:, None].expand(bar_h, BAR_WIDTH))
     body.paste(to_pil_image(bar), (x_bar, top))
-    say(draw, (x_bar, top - GAP), bar_title, anchor="ld")
+    draw_text(draw, (x_bar, top - GAP), bar_title, anchor="ld")
     for value, t in ((1, "+1"), (0, "0"), (-1, "-1")):
         y = top + round((1 - value) / 2 * (bar_h - 1))
         draw.line((x_bar + BAR_WIDTH, y, x_bar + BAR_WIDTH + 3, y), fill=TEXT)
-        say(draw, (x_bar + BAR_WIDTH + GAP, y), t, anchor="lm")
+        draw_text(draw, (x_bar + BAR_WIDTH + GAP, y), t, anchor="lm")
 
     image, y_body = titled(body, title, notes)
     x0 = MARGIN
@@ -291,12 +179,12 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
         y = (i // columns) * cell_h
         grid.paste(to_pil_image(tiles[i]), (x, y))
         for j, line in enumerate(captions[i]):
-            say(draw, (x, y + h + GAP + j * step), fit(line, w, SMALL_SIZE))
+            draw_text(draw, (x, y + h + GAP + j * step), shorten(line, w, SMALL_SIZE))
         tile_boxes.append((x, y, x + w, y + h))
         caption_boxes.append((x, y + h + GAP, x + w, y + h + GAP + lines * step))
     parts = [grid]
     if legend_items:
-        parts.append(legend(list(legend_items), grid.width, size=SMALL_SIZE))
+        parts.append(legend(legend_items, grid.width, size=SMALL_SIZE))
     body = stack(parts, gap=GAP)
     image, y_body = titled(body, title, notes)
     shift = (2 * MARGIN, y_body + MARGIN)  # body's own margin inside the figure's
@@ -310,11 +198,6 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
 
 
 # ----------------------------------------------------------------------------- scatter
-SCATTER_PX = 360  # a scatter panel's plot area, square
-POINT_RADIUS = 4
-MAX_POINT_LABELS = 40  # more points: unlabelled (the colours and the legend still say the group)
-
-
 def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: list,
                   x_title: str, y_title: str) -> tuple[Image.Image, tuple]:
     """(n, 2) points on round-ticked axes with grid lines, each a disc in colours[i] (rgb) and,
@@ -329,7 +212,7 @@ def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: li
     height = top + SCATTER_PX + GAP + 2 * line_height(SMALL_SIZE) + GAP
     panel = Image.new("RGB", (width, height), PAPER)
     draw = ImageDraw.Draw(panel)
-    say(draw, (left, 0), fit(title, width - left, LABEL_SIZE), size=LABEL_SIZE)
+    draw_text(draw, (left, 0), shorten(title, width - left, LABEL_SIZE), size=LABEL_SIZE)
 
     def px(x, y):
         u = (x - xs[0]) / (xs[-1] - xs[0])
@@ -339,23 +222,24 @@ def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: li
     for v in xs:  # grid lines and tick values
         x, _ = px(v, ys[0])
         draw.line((x, top, x, top + SCATTER_PX), fill=GRID)
-        say(draw, (x, top + SCATTER_PX + GAP), tick_text(v, xs), anchor="ma")
+        draw_text(draw, (x, top + SCATTER_PX + GAP), tick_text(v, xs), anchor="ma")
     for v in ys:
         _, y = px(xs[0], v)
         draw.line((left, y, left + SCATTER_PX, y), fill=GRID)
-        say(draw, (left - GAP, y), tick_text(v, ys), anchor="rm")
+        draw_text(draw, (left - GAP, y), tick_text(v, ys), anchor="rm")
     draw.rectangle((left, top, left + SCATTER_PX, top + SCATTER_PX), outline=TEXT)
-    say(draw, (left + SCATTER_PX / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    draw_text(draw, (left + SCATTER_PX / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
     turned = Image.new("RGB", (SCATTER_PX, line_height(LABEL_SIZE)), PAPER)
-    say(ImageDraw.Draw(turned), (SCATTER_PX / 2, 0), fit(y_title, SCATTER_PX, LABEL_SIZE),
-        size=LABEL_SIZE, anchor="ma")
+    draw_text(ImageDraw.Draw(turned), (SCATTER_PX / 2, 0),
+              shorten(y_title, SCATTER_PX, LABEL_SIZE), size=LABEL_SIZE, anchor="ma")
     panel.paste(turned.rotate(90, expand=True), (0, top))
     for (x, y), rgb, name in zip(points.tolist(), colours, labels):  # discs, then their names
         cx, cy = px(x, y)
         r = POINT_RADIUS
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(rgb), outline=TEXT)
         if len(points) <= MAX_POINT_LABELS:
-            say(draw, (cx + r + 2, cy), fit(name, label_room - r, SMALL_SIZE), anchor="lm")
+            draw_text(draw, (cx + r + 2, cy), shorten(name, label_room - r, SMALL_SIZE),
+                      anchor="lm")
     return panel, (left, top, left + SCATTER_PX, top + SCATTER_PX)
 
 
@@ -374,7 +258,7 @@ def scatter_figure(panels: list, *, title: str, labels: list, colours: list,
         row.paste(panel, (x, 0))
         plot_boxes.append((x + x0, y0, x + x1, y1))
         x += panel.width + 2 * GAP
-    body = stack([row, legend(list(legend_items), row.width, size=SMALL_SIZE)], gap=GAP)
+    body = stack([row, legend(legend_items, row.width, size=SMALL_SIZE)], gap=GAP)
     image, y_body = titled(body, title, notes)
     dx, dy = 2 * MARGIN, y_body + MARGIN  # body's own margin inside the figure's
     boxes = {"title": (MARGIN, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
