@@ -56,8 +56,10 @@ import torch
 from tqdm import tqdm
 
 import data
+import recipes
 from plotting import figures
-from util import checkpoint, checks, cli, evaluate, measures, recipe, rundir
+from util import checkpoint, cli, evaluate, measures, rundir
+from util.cli import at_least
 
 NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 classes met
 PAIRS_PER_ROW = 4
@@ -345,14 +347,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--dataset", choices=data.DATASETS, help="default: the checkpoint's")
     add("--data-dir", help="default: the checkpoint's")
     add("--classes", help="default: the checkpoint's")
-    add("--max-per-class", type=int, help="default: the checkpoint's")
-    add("--image-size", type=int, help="default: the checkpoint's")
+    add("--max-per-class", type=at_least(1), help="default: the checkpoint's")
+    add("--image-size", type=at_least(1), help="default: the checkpoint's")
     add("--eval-framing", choices=data.EVAL_FRAMINGS, help="the weights' own eval transform or "
         "the authors' (Resize 256 bicubic -> CenterCrop 224); default: the checkpoint's")
     add("--superclasses", metavar="FILE", help="a grouping of the classes: JSON {class: group} "
         "or class<TAB>group lines (default: the dataset's own, CIFAR-100 and synthetic)")
-    add("--batch-size", type=int, help="default: the checkpoint's")
-    add("--workers", type=int, help="loader processes (default: data.default_workers)")
+    add("--batch-size", type=at_least(1), help="default: the checkpoint's")
+    add("--workers", type=at_least(0), help="loader processes (default: data.default_workers)")
     add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     add("--amp", choices=("bf16", "fp16", "off"), help="default: the checkpoint's")
     add("--out-dir", help="where the files go (default: the checkpoint's folder)")
@@ -360,10 +362,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     if args.device is None:
-        args.device = recipe.default_device()
-    problem = checks.out_of_range(args)
-    if problem:
-        p.error(problem)
+        args.device = recipes.default_device()
     return args
 
 
@@ -420,8 +419,8 @@ def main(argv=None) -> dict:
 
 def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
     """The analysis of a checkpoint into `out` (checked and locked by main)."""
-    _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
-                                               device=device, train=False)
+    _, val_loader, info = data.build_loaders(r, rank=0, world=1, workers=args.workers,
+                                             device=device, train=False)
     if args.superclasses is not None:  # checked before the model runs
         info.coarse_of_class, info.coarse_names = read_superclasses(args.superclasses,
                                                                     info.class_names)
@@ -432,7 +431,7 @@ def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
                                              source=args.checkpoint)
     model.to(device).eval()
     collected = collect(model, val_loader, device,
-                        recipe.autocast(r.amp, device, enabled=r.eval_amp))
+                        recipes.autocast(r.amp, device, enabled=r.eval_amp))
     return write_report(collected, info=info, checkpoint_path=args.checkpoint,
                         run_dir=out, model=model)
 

@@ -121,7 +121,7 @@ def evaluate_checkpoint(args, device) -> dict:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     _, val_loader, info = data.build_loaders(r, rank=rank, world=world, workers=args.workers,
-                                               device=device, train=False)
+                                             device=device, train=False)
     model = model_from_checkpoint(ckpt, num_classes=info.num_classes, source=args.eval_only)
     real = read_real(args, val_loader)
     results = evaluate(model.to(device), val_loader, device,
