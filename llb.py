@@ -20,7 +20,7 @@ The temperature `/ tau` of step 1 (tau = 0.1) and the loss's form L = CE + lambd
 Symbol map (code name -> paper symbol):
     layer -> l;  num_objects -> O;  tau -> tau;  alpha -> alpha;  diversity_weight -> lambda
     extractor + to_objects -> the "MLP" of step 1 (one transformer block, then Linear D -> O)
-    assign -> A = [p^1 .. p^N], (B, N, O);  object_embed -> N_emb, (O, D), "E" in comments below
+    assign -> A = [p^1 .. p^N], (B, N, O);  object_embed -> N_emb, (O, D)
     object_tokens -> N_0, (B, N, D);  class_token -> c_n;  blocks -> g;  head -> MLP_N
     logits_v / logits_n -> the logits of p_V / p_N;  probs -> p_O
     feat_v -> what the visual head reads: LN(c_v), the backbone's normed class token, or on an
@@ -50,13 +50,13 @@ class LLBConfig:
     # for ViT-B (12 blocks) only. Note: L - 1 on other depths (23 on ViT-L/MAE-L) is our choice,
     # not published; the authors' code defaults to 11 on every size.
     layer: int | None = None
-    num_objects: int = 2048  # O: number of latent objects (rows of E = N_emb)
+    num_objects: int = 2048  # O: number of latent objects (rows of N_emb)
     depth: int = 6  # LLB layers, the extractor block included (authors' code): g has depth - 1
     tau: float = 0.1  # softmax temperature of the assignment p^i
     alpha: float = 0.8  # integration weight of the visual probabilities p_V
     diversity_weight: float = 0.5  # lambda, weight of L_div in the loss
     diversity_mode: str = "batch"  # p~ over patches and batch ("batch", authors') or per image
-    disconnect: bool = True  # ablation: False -> N_0 = the extractor's patch outputs (no A E)
+    disconnect: bool = True  # ablation: False -> N_0 = the extractor's patch outputs (no A N_emb)
     diversity: bool = True  # ablation: False -> loss without lambda L_div (L_div still reported)
     pos_embed: bool = False  # ablation: True -> learnable position embedding on [c_n || N_0]
     integrate: bool = True  # ablation: False -> probs = p_N alone
@@ -151,9 +151,9 @@ class LLB(nn.Module):
         block = dict(width=D, heads=v.heads, mlp_dim=v.mlp_dim)
         self.extractor = vit.Block(**block)  # step 1's "MLP", part 1: one block on all of V_l
         self.to_objects = nn.Linear(D, c.num_objects)  # step 1's "MLP", part 2: D -> O
-        # Note: with disconnect=False, E does not exist (an unused parameter breaks DDP).
+        # Note: with disconnect=False, N_emb does not exist (an unused parameter breaks DDP).
         self.object_embed = (nn.Parameter(torch.empty(c.num_objects, D))
-                             if c.disconnect else None)  # E = N_emb
+                             if c.disconnect else None)  # N_emb
         self.class_token = nn.Parameter(torch.zeros(1, 1, D))  # c_n
         self.pos_embed = (nn.Parameter(torch.empty(1, 1 + v.num_patches, D))
                           if c.pos_embed else None)  # ablation only; the paper uses none
@@ -202,7 +202,7 @@ class LLB(nn.Module):
         h = self.extractor(z)  # (B, 1 + N, D)
         patches = h[:, 1:]  # (B, N, D): class token excluded
         # Note: fp32 even under autocast: / tau = 0.1 sharpens the logits 10x, and with bf16
-        # logits 1.4-1.7% of patches changed their argmax object (issue 11).
+        # logits 1.4-1.7% of patches changed their argmax object (measured at ViT-B/16 sizes).
         with torch.autocast(z.device.type, enabled=False):
             logits = self.to_objects(patches.float())  # (B, N, O)
             # LLB step 1: p^i = Softmax(MLP(v_l^i) / tau)
@@ -210,13 +210,13 @@ class LLB(nn.Module):
         return assign, patches
 
     def disconnect(self, assign: torch.Tensor) -> torch.Tensor:
-        """LLB step 2, visual dependency disconnection: N_0 = Disconnect(A, E) = A E.
+        """LLB step 2, visual dependency disconnection: N_0 = Disconnect(A, N_emb) = A N_emb.
 
-        Each patch becomes a mix of the learnable object embeddings E (`self.object_embed`,
+        Each patch becomes a mix of the learnable object embeddings N_emb (`self.object_embed`,
         (O, D)) weighted by its assignment: no visual feature passes through.
         In: assign A (B, N, O). Out: object_tokens N_0 (B, N, D).
         """
-        # LLB step 2: N_0 = A E, (B, N, O) @ (O, D) -> (B, N, D)
+        # LLB step 2: N_0 = A N_emb, (B, N, O) @ (O, D) -> (B, N, D)
         return assign.to(self.object_embed.dtype) @ self.object_embed
 
     def structure(self, object_tokens: torch.Tensor) -> torch.Tensor:
@@ -234,11 +234,8 @@ class LLB(nn.Module):
             s = s + self.pos_embed  # ablation "w/ Pos."; without it g is permutation-equivariant
         for block in self.blocks:
             s = block(s)  # (B, 1 + N, D)
-        # LLB step 3: feat_n = LN(c_n), token 0 after g, on every backbone. On an average-pooling
-        # backbone (MAE) too: only the visual head pools there. The authors' MAE model is built
-        # with global_pool=True and its branch tests global_pool == 'avg', which a bool never
-        # equals, so it reads token 0 after its LayerNorm as here (with equal weights the two agree,
-        # as checked when this was filed against GIST-IRR/LLB).
+        # LLB step 3: feat_n = LN(c_n), token 0 after g, on every backbone
+        # Note: not pooled on MAE either, as the authors' code runs (docs/reproducing.md)
         return self.norm(s[:, 0])  # (B, D)
 
     def integrate(self, logits_v: torch.Tensor, logits_n: torch.Tensor) -> torch.Tensor:
@@ -266,7 +263,7 @@ class LLB(nn.Module):
             feat_v = self.backbone.features(zs[-1])  # (B, D): what the visual head sees
         # LLB step 1: A (B, N, O) from z_l, the output of block l (1-based)
         assign, patch_features = self.extract_objects(zs[c.layer - 1])
-        # LLB step 2: N_0 = A E (B, N, D)
+        # LLB step 2: N_0 = A N_emb (B, N, D)
         if c.disconnect:
             object_tokens = self.disconnect(assign)
         else:

@@ -55,8 +55,8 @@ STEPS = {
                shapes="In: z_l (B, 1 + N, D). Out: assign A (B, N, O) in float32, "
                       "the extractor's patch outputs (B, N, D)."),
     "2": Blank(file="llb.py", cls="LLB", method="disconnect", marker="step2",
-               equation="LLB step 2, visual dependency disconnection: N_0 = A E, "
-                        "E = self.object_embed (O, D)",
+               equation="LLB step 2, visual dependency disconnection: N_0 = A N_emb, "
+                        "N_emb = self.object_embed (O, D)",
                shapes="In: assign A (B, N, O). Out: object_tokens N_0 (B, N, D)."),
     "3": Blank(file="llb.py", cls="LLB", method="structure", marker="step3",
                equation="LLB step 3, non-visual feature structuring: g([c_n || N_0]), "
@@ -69,8 +69,12 @@ STEPS = {
 }
 VIT_PARTS = {
     "attention": Blank(file="vit.py", cls="Attention", method="forward", marker="vit_attention",
-                       equation="ViT Eqs. (5)-(8), multi-head self-attention: per head "
-                                "softmax(q k^T / sqrt(D_h)) v, heads concatenated, then U_msa",
+                       equation="ViT Eqs. (5)-(8), multi-head self-attention: "
+                                "[q, k, v] = z U_qkv; per head attn = softmax(q k^T / sqrt(D_h)), "
+                                "F.dropout on attn in training, SA = attn v; heads concatenated, "
+                                "then U_msa. Write Eqs. (6)-(7) out for self.fused False (graded "
+                                "without F.scaled_dot_product_attention, which self.fused True "
+                                "may call)",
                        shapes="In: z (B, N, D). Out: MSA(z) (B, N, D)."),
     "block": Blank(file="vit.py", cls="Block", method="forward", marker="vit_block",
                    equation="ViT Eqs. (2)-(3), pre-norm block: z' = MSA(LN(z)) + z, "

@@ -72,8 +72,8 @@ def ref_block(blk, z):
     h = blk.attn.heads
     q, k, v = ref_linear(ref_layer_norm(z, blk.norm1), blk.attn.qkv).split(d, dim=-1)
     q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # (b, h, n, d/h)
-    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1) @ v
-    z = z + ref_linear(a.transpose(1, 2).reshape(b, n, d), blk.attn.proj)
+    sa = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1) @ v  # (b, h, n, d/h)
+    z = z + ref_linear(sa.transpose(1, 2).reshape(b, n, d), blk.attn.proj)
     hidden = F.gelu(ref_linear(ref_layer_norm(z, blk.norm2), blk.mlp.fc1))
     return z + ref_linear(hidden, blk.mlp.fc2)
 
@@ -123,7 +123,7 @@ def test_step1_extract_objects():
 
 @pytest.mark.step1
 def test_step1_assign_is_fp32_under_bf16_autocast():
-    """Issue 11: bf16 logits / tau = 0.1 moved 1.4-1.7% of the argmax objects."""
+    """In bf16, logits / tau = 0.1 moved 1.4-1.7% of the argmax objects at ViT-B/16 sizes."""
     model = ref_blocks(make())
     z = random_tokens((B, 1 + N, D), seed=11)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -140,7 +140,7 @@ def test_step2_disconnect_is_assign_times_object_embed():
     assign = torch.softmax(random_tokens((B, N, O), seed=12), dim=-1)  # A: rows sum to 1
     tokens = model.disconnect(assign)
     assert tokens.shape == (B, N, D)
-    expected = torch.einsum("bno,od->bnd", assign, model.object_embed)  # N_0 = A E
+    expected = torch.einsum("bno,od->bnd", assign, model.object_embed)  # N_0 = A N_emb
     torch.testing.assert_close(tokens, expected, atol=1e-6, rtol=1e-5)
 
 
@@ -262,7 +262,7 @@ def test_object_tokens_are_assign_times_object_embed():
     model = make()
     out = model(images())
     assert out.object_tokens.shape == (B, N, D)
-    expected = torch.einsum("bno,od->bnd", out.assign, model.object_embed)  # N_0 = A E
+    expected = torch.einsum("bno,od->bnd", out.assign, model.object_embed)  # N_0 = A N_emb
     torch.testing.assert_close(out.object_tokens, expected, atol=1e-6, rtol=1e-5)
 
 
@@ -336,7 +336,7 @@ def test_loss_is_ce_plus_lambda_times_negative_entropy(mode):
 
 
 def test_loss_and_backward_make_no_host_sync(monkeypatch):
-    """Issue 10: the training step reads nothing back to the host (no .item()/.tolist())."""
+    """The training step reads nothing back to the host (no .item()/.tolist())."""
     model = make(freeze_backbone=False)  # the unfrozen loss has the most terms
     backbone = make_backbone()
     x = images()
@@ -425,10 +425,13 @@ def outputs_and_loss(model, x, y):
 
 
 def test_integrate_false_changes_only_probs():
-    ref, abl = make(), make(integrate=False)
+    ref = make()
+    abl = make(integrate=False)
     abl.load_state_dict(ref.state_dict())
-    x, y = images(), labels()
-    (o1, (t1, _)), (o2, (t2, _)) = outputs_and_loss(ref, x, y), outputs_and_loss(abl, x, y)
+    x = images()
+    y = labels()
+    o1, (t1, _) = outputs_and_loss(ref, x, y)
+    o2, (t2, _) = outputs_and_loss(abl, x, y)
     for f in ("logits_v", "logits_n", "assign", "object_tokens", "feat_v", "feat_n"):
         assert torch.equal(getattr(o1, f), getattr(o2, f)), f
     assert torch.equal(t1, t2)
@@ -437,9 +440,11 @@ def test_integrate_false_changes_only_probs():
 
 
 def test_diversity_false_changes_only_the_loss_total():
-    ref, abl = make(), make(diversity=False)
+    ref = make()
+    abl = make(diversity=False)
     abl.load_state_dict(ref.state_dict())
-    x, y = images(), labels()
+    x = images()
+    y = labels()
     o1, (_, p1) = outputs_and_loss(ref, x, y)
     o2, (t2, p2) = outputs_and_loss(abl, x, y)
     for f in ("logits_v", "logits_n", "probs", "assign", "object_tokens"):
@@ -450,11 +455,13 @@ def test_diversity_false_changes_only_the_loss_total():
 
 
 def test_disconnect_false_feeds_the_extractors_patch_outputs():
-    ref, abl = make(), make(disconnect=False)
+    ref = make()
+    abl = make(disconnect=False)
     missing, unexpected = abl.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [] and unexpected == ["object_embed"]
     x = images()
-    o1, o2 = ref(x), abl(x)
+    o1 = ref(x)
+    o2 = abl(x)
     assert torch.equal(o1.logits_v, o2.logits_v) and torch.equal(o1.assign, o2.assign)
     h = ref_block(abl.extractor, z_layer(abl, x))
     torch.testing.assert_close(o2.object_tokens, h[:, 1:], atol=1e-5, rtol=1e-4)
@@ -463,8 +470,10 @@ def test_disconnect_false_feeds_the_extractors_patch_outputs():
 
 
 def test_pos_embed_true_adds_exactly_one_parameter():
-    ref, abl = make(), make(pos_embed=True)
-    p1, p2 = dict(ref.named_parameters()), dict(abl.named_parameters())
+    ref = make()
+    abl = make(pos_embed=True)
+    p1 = dict(ref.named_parameters())
+    p2 = dict(abl.named_parameters())
     assert set(p2) - set(p1) == {"pos_embed"} and set(p1) <= set(p2)
     assert p2["pos_embed"].shape == (1, 1 + N, D) and p2["pos_embed"].requires_grad
     assert ref.pos_embed is None
@@ -485,7 +494,7 @@ def test_recipe_defaults_on_vit_base():
     block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d)
     expected = (6 * block  # extractor + 5 blocks of g
                 + d * o + o  # Linear D -> O
-                + o * d  # E = N_emb
+                + o * d  # N_emb
                 + d  # c_n
                 + 2 * d + d * k + k)  # LayerNorm + new head
     assert sum(p.numel() for p in model.trainable_parameters()) == expected

@@ -9,8 +9,8 @@ Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-at
     (3) z_l  = MLP(LN(z'_l)) + z'_l                          l = 1..L
     (4) y    = LN(z_L^0)                                     then logits = head(y)
         or, with pool="avg", y = LN(mean_i z_L^i), i = 1..N  (global average pooling, as MAE)
-    (5) [q, k, v] = z U_qkv          (6) A = softmax(q k^T / sqrt(D_h))
-    (7) SA(z) = A v                  (8) MSA(z) = [SA_1(z); ...; SA_H(z)] U_msa
+    (5) [q, k, v] = z U_qkv          (6) attn = softmax(q k^T / sqrt(D_h))
+    (7) SA(z) = attn v               (8) MSA(z) = [SA_1(z); ...; SA_H(z)] U_msa
 
 Symbols used throughout: B batch, N patch tokens (+1 class token), D width, H heads,
 L depth, P patch size. `forward(x, return_blocks=True)` also returns z_1..z_L, the output of
@@ -18,6 +18,7 @@ every block, which is where LLB branches off (llb.py). Grep for "ViT Eq. (k)" to
 The parameter names are timm's (except class_token), so inputs/pretrained.py's converters stay
 small.
 """
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -44,7 +45,15 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, MSA in ViT Eq. (2), computed as ViT Eqs. (5)-(8)."""
+    """Multi-head self-attention, MSA in ViT Eq. (2), computed as ViT Eqs. (5)-(8).
+
+    `fused` picks how Eqs. (6)-(7) run: True (the default), in one call to PyTorch's fused
+    kernel F.scaled_dot_product_attention (faster, lighter on memory); False, written out step
+    by step. Both compute the same equations. Set it on one module (`block.attn.fused = False`)
+    or on the class (`vit.Attention.fused = False`); it is not part of ViTConfig or checkpoints.
+    """
+
+    fused = True  # Eqs. (6)-(7) in F.scaled_dot_product_attention; False: written out
 
     def __init__(self, *, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -57,24 +66,33 @@ class Attention(nn.Module):
         """MSA(z) by ViT Eqs. (5)-(8), H = `self.heads` heads of size D_h = D / H:
 
             (5) [q, k, v] = z U_qkv                  U_qkv = `self.qkv`, (D, 3 D), all heads
-            (6) A = softmax(q k^T / sqrt(D_h))       per head, over the N keys
-            (7) SA(z) = A v                          per head: (B, N, D_h)
+            (6) attn = softmax(q k^T / sqrt(D_h))    per head, over the N keys: (B, H, N, N)
+            (7) SA(z) = attn v                       per head: (B, N, D_h)
             (8) MSA(z) = [SA_1(z); ...; SA_H(z)] U_msa     U_msa = `self.proj`, (D, D)
 
         q, k, v of head h are channels h D_h .. (h + 1) D_h - 1 of each third of z U_qkv.
-        In: z (B, N, D), N tokens. Out: MSA(z) (B, N, D). Attention dropout (`self.dropout`,
-        training only) is applied to A.
+        With `self.fused` False, Eqs. (6)-(7) are written out, one line each; with True, one
+        F.scaled_dot_product_attention call. In: z (B, N, D), N tokens. Out: MSA(z) (B, N, D).
+        Attention dropout (`self.dropout`, training only) drops entries of attn in both.
         """
         B, N, D = z.shape  # batch, tokens, width
         # ViT Eq. (5): [q, k, v] = z U_qkv, split into H heads of size D_h = D / H
         q, k, v = self.qkv(z).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, H, N, D_h) each
-        # ViT Eqs. (6)-(7): SA(z) = softmax(q k^T / sqrt(D_h)) v, one fused kernel
-        p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        a = a.transpose(1, 2).reshape(B, N, D)  # (B, H, N, D_h) -> concatenated heads (B, N, D)
+        if self.fused:
+            # ViT Eqs. (6)-(7) in one fused kernel, dropout on attn as in the else branch
+            p = self.dropout if self.training else 0.0
+            sa = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, D_h)
+        else:
+            # ViT Eq. (6): attn = softmax(q k^T / sqrt(D_h)), each query over the N keys
+            scores = q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)  # (B, H, N, N)
+            attn = torch.softmax(scores, dim=-1)  # (B, H, N, N), each row sums to 1
+            attn = F.dropout(attn, p=self.dropout, training=self.training)  # attention dropout
+            # ViT Eq. (7): SA(z) = attn v, every head at once
+            sa = attn @ v  # (B, H, N, N) @ (B, H, N, D_h) -> (B, H, N, D_h)
+        sa = sa.transpose(1, 2).reshape(B, N, D)  # (B, H, N, D_h) -> concatenated heads (B, N, D)
         # ViT Eq. (8): MSA(z) = [SA_1; ...; SA_H] U_msa
-        return self.proj(a)
+        return self.proj(sa)
 
 
 class MLP(nn.Module):
@@ -133,7 +151,7 @@ class ViTConfig:
     num_classes: int = 1000  # outputs of the linear head
     channels: int = 3  # input channels C
     dropout: float = 0.0  # dropout after embeddings, attention and MLP (0 for fine-tuning)
-    attention_dropout: float = 0.0  # dropout on the attention weights A of Eq. (6)
+    attention_dropout: float = 0.0  # dropout on the attention weights attn of Eq. (6)
     pool: str = "token"  # y of Eq. (4): "token" LN(z_L^0), or "avg" LN(mean of the N patch tokens)
 
     def __post_init__(self):

@@ -29,7 +29,7 @@ def test_student_copy_fails_exactly_the_blanked_steps(tmp_path):
     assert (copy / "train.py").read_text() == (ROOT / "train.py").read_text()
     assert (copy / "pytest.ini").is_file() and not (copy / ".git").exists()
     source = (copy / "llb.py").read_text()
-    assert "N_0 = Disconnect(A, E) = A E" in source  # the docstring stays
+    assert "N_0 = Disconnect(A, N_emb) = A N_emb" in source  # the docstring stays
     assert "@ self.object_embed" not in source  # the answer is gone
     imported = subprocess.run([sys.executable, "-c", "import llb, vit"], cwd=copy,
                               capture_output=True, text=True, timeout=300)
@@ -43,6 +43,32 @@ def test_student_copy_fails_exactly_the_blanked_steps(tmp_path):
     # the others pass (rc 0 needs at least one test selected: 5 means none)
     result = run_pytest(copy, "step1 or step3 or step4 or vit_block")
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+# A student's Attention.forward that leaves Eqs. (6)-(7) to the fused kernel on both paths
+FUSED_ONLY = """        B, N, D = z.shape
+        q, k, v = self.qkv(z).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        sa = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.proj(sa.transpose(1, 2).reshape(B, N, D))
+"""
+
+
+def test_the_attention_exercise_needs_the_written_out_form(tmp_path):
+    copy = tmp_path / "course"
+    make_assignment.main(["--vit", "attention", "--out", str(copy)])
+    blank = make_assignment.VIT_PARTS["attention"]
+    stub = "\n".join(make_assignment.stub(blank, " " * 8)) + "\n"
+    source = (copy / "vit.py").read_text()
+    assert "Write Eqs. (6)-(7) out for self.fused False" in source
+    assert stub in source
+    (copy / "vit.py").write_text(source.replace(stub, FUSED_ONLY))
+    result = run_pytest(copy, "vit_attention")
+    # the fused cases pass, every written-out one fails
+    assert result.returncode == 1 and " passed" in result.stdout, result.stdout[-3000:]
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed and all("written_out" in line for line in failed), result.stdout[-3000:]
+    assert "F.scaled_dot_product_attention was called" in result.stdout
 
 
 def test_reference_passes_every_graded_test():

@@ -2,8 +2,9 @@
 
 The tests marked vit_attention / vit_block grade Attention.forward (Eqs. 5-8) and Block.forward
 (Eqs. 2-3) alone (`pytest -m vit_attention`): each compares the one module with plain torch ops
-written here, the block's attention itself computed by hand. timm and MAE weights:
-test_pretrained.py.
+written here, the block's attention itself computed by hand. Attention is graded on both of its
+paths, the fused kernel and the written-out one (`fused = False`), the latter with
+F.scaled_dot_product_attention made to fail. timm and MAE weights: test_pretrained.py.
 """
 import functools
 import math
@@ -35,13 +36,16 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- graded units
 
 
-def ref_attention(attn, z):
-    """ViT Eqs. (5)-(8) by hand: an explicit softmax per head, heads concatenated, then U_msa."""
+def ref_attention(attn, z, dropout=0.0):
+    """ViT Eqs. (5)-(8) by hand: an explicit softmax per head, heads concatenated, then U_msa.
+
+    dropout > 0: F.dropout on the attention weights of Eq. (6), as in training."""
     b, n, d = z.shape
     h = attn.heads
     q, k, v = (z @ attn.qkv.weight.T + attn.qkv.bias).split(d, dim=-1)  # Eq. (5), (b, n, d) each
     q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # (b, h, n, d / h)
     weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)  # Eq. (6)
+    weights = F.dropout(weights, p=dropout)
     heads = (weights @ v).transpose(1, 2).reshape(b, n, d)  # Eq. (7), heads side by side
     return heads @ attn.proj.weight.T + attn.proj.bias  # Eq. (8)
 
@@ -56,21 +60,87 @@ def graded_inputs(heads, seed=0):
     return block.eval(), torch.randn(2, 7, 24)
 
 
+def refuse_fused_kernel(*args, **kwargs):
+    raise AssertionError("Attention.fused is False but F.scaled_dot_product_attention was "
+                         "called: write ViT Eqs. (6)-(7) out, softmax(q k^T / sqrt(D_h)) v")
+
+
+def pick_path(attn, fused, monkeypatch):
+    """attn on the chosen path; the written-out one must not call the fused kernel."""
+    attn.fused = fused
+    if not fused:
+        monkeypatch.setattr(F, "scaled_dot_product_attention", refuse_fused_kernel)
+    return attn
+
+
 @pytest.mark.vit_attention
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "written_out"])
 @pytest.mark.parametrize("heads", [1, 3])
-def test_attention_is_eqs_5_to_8(heads):
+def test_attention_is_eqs_5_to_8(heads, fused, monkeypatch):
     block, z = graded_inputs(heads)
-    attn = block.attn
+    attn = pick_path(block.attn, fused, monkeypatch)
     out = attn(z)
     assert out.shape == z.shape
     torch.testing.assert_close(out, ref_attention(attn, z), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.vit_attention
-def test_attention_is_permutation_equivariant():
-    attn, z = graded_inputs(heads=3)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "written_out"])
+def test_attention_is_permutation_equivariant(fused, monkeypatch):
+    block, z = graded_inputs(heads=3)
+    attn = pick_path(block.attn, fused, monkeypatch)
     perm = torch.randperm(z.shape[1], generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(attn(z[:, perm]), attn(z)[:, perm], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.vit_attention
+def test_written_out_attention_drops_the_weights_of_eq_6_in_training(monkeypatch):
+    block, z = graded_inputs(heads=3)
+    attn = pick_path(block.attn, False, monkeypatch)
+    attn.dropout = 0.5
+    torch.testing.assert_close(attn(z), ref_attention(attn, z), atol=1e-5, rtol=1e-4)  # eval
+    attn.train()
+    torch.manual_seed(7)
+    out = attn(z)
+    torch.manual_seed(7)  # the same random draws: F.dropout on the (B, H, N, N) weights
+    expected = ref_attention(attn, z, dropout=0.5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("width, heads, tokens", [(24, 3, 7), (768, 12, 197)],
+                         ids=["small", "vit_b_16"])
+def test_fused_and_written_out_attention_agree(width, heads, tokens):
+    """Same outputs and same gradients (input, U_qkv, U_msa) on both paths of Attention."""
+    torch.manual_seed(0)
+    attn = vit.Attention(width=width, heads=heads)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(std=width ** -0.5)  # q, k of std ~1: attention weights far from uniform
+    z = torch.randn(2, tokens, width)
+    direction = torch.randn(2, tokens, width)  # a random projection of the output to backprop
+    results = []
+    for fused in (True, False):
+        attn.fused = fused
+        x = z.clone().requires_grad_()
+        out = attn(x)
+        grads = torch.autograd.grad((out * direction).sum(), [x, *attn.parameters()])
+        results.append((out, grads))
+    (out_fused, grads_fused), (out_written, grads_written) = results
+    torch.testing.assert_close(out_written, out_fused, atol=1e-5, rtol=1e-4)
+    for written, fused in zip(grads_written, grads_fused):
+        torch.testing.assert_close(written, fused, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_attention_drops_in_training_only():
+    block, z = graded_inputs(heads=3)
+    attn = block.attn
+    attn.dropout = 0.5
+    expected = ref_attention(attn, z)
+    torch.testing.assert_close(attn(z), expected, atol=1e-5, rtol=1e-4)  # eval: no dropout
+    attn.train()
+    first = attn(z)
+    assert not torch.allclose(first, expected, atol=1e-3)
+    assert not torch.allclose(first, attn(z), atol=1e-3)  # new draws each call
 
 
 @pytest.mark.vit_block
@@ -121,7 +191,8 @@ def test_logits_match_torchvision(builder, kwargs):
     assert ours.config.image_size == reference.image_size
     x = torch.randn(2, 3, reference.image_size, reference.image_size)
     with torch.no_grad():
-        expected, got = reference(x), ours(x)
+        expected = reference(x)
+        got = ours(x)
     assert expected.abs().max() > 0.1  # the perturbation made the logits non-trivial
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
@@ -169,7 +240,8 @@ def test_presets_and_overrides():
                 "large": (1024, 24, 16), "huge": (1280, 32, 16)}
     for name, (width, depth, heads) in expected.items():
         c = vit.ViTConfig(**vit.PRESETS[name])
-        assert (c.width, c.depth, c.heads, c.mlp_dim, c.patch_size) == (width, depth, heads, 4 * width, 16)
+        got = (c.width, c.depth, c.heads, c.mlp_dim, c.patch_size)
+        assert got == (width, depth, heads, 4 * width, 16)
     assert vit.ViTConfig(**vit.PRESETS["vit_h_14"]).patch_size == 14
     assert vit.ViTConfig(**vit.PRESETS["vit_l_32"]).depth == 24
     # CIFAR: 32x32 inputs with patch 4 -> 64 patch tokens + the class token
@@ -181,7 +253,8 @@ def test_presets_and_overrides():
 
 def test_block_outputs_are_the_blocks_applied_in_turn():
     torch.manual_seed(0)
-    model = vit.ViT(image_size=16, patch_size=4, width=32, depth=3, heads=2, mlp_dim=64, num_classes=5)
+    model = vit.ViT(image_size=16, patch_size=4, width=32, depth=3, heads=2, mlp_dim=64,
+                    num_classes=5)
     torch.nn.init.normal_(model.head.weight)
     x = torch.randn(2, 3, 16, 16)
     logits, blocks = model(x, return_blocks=True)
@@ -274,7 +347,8 @@ def test_unknown_weight_names(name, message):
 
 def test_missing_weight_file(tmp_path):
     missing = str(tmp_path / "nope.pth")
-    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*not found.*https://download\.pytorch\.org"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"nope\.pth.*not found.*https://download\.pytorch\.org"):
         pretrained.load("vit_b_16:IMAGENET1K_V1", weights_file=missing)
 
 
@@ -291,7 +365,8 @@ def test_wrong_file_for_weights(tmp_path):
 def test_shape_mismatch():
     state = torchvision.models.vit_b_32().state_dict()
     state["encoder.layers.encoder_layer_2.mlp.0.weight"] = torch.zeros(100, 768)
-    with pytest.raises(ValueError, match=r"shape mismatch for blocks\.2\.mlp\.fc1\.weight.*\(100, 768\).*\(3072, 768\)"):
+    with pytest.raises(ValueError, match=r"shape mismatch for blocks\.2\.mlp\.fc1\.weight"
+                                         r".*\(100, 768\).*\(3072, 768\)"):
         pretrained.from_torchvision(state)
     with pytest.raises(ValueError, match=r"not a torchvision VisionTransformer state dict"):
         pretrained.from_torchvision({"weight": torch.zeros(1)})
@@ -300,8 +375,10 @@ def test_shape_mismatch():
 
 
 def test_image_size_not_divisible_by_patch():
-    with pytest.raises(ValueError, match=r"image_size 225 is not divisible by patch_size 16.*multiple of 16"):
+    with pytest.raises(ValueError, match=r"image_size 225 is not divisible by patch_size 16"
+                                         r".*multiple of 16"):
         vit.create_vit("base", image_size=225)
     model = vit.create_vit("micro", image_size=32, patch_size=8)
-    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\), got \(1, 3, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\), "
+                                         r"got \(1, 3, 28, 28\)"):
         model(torch.randn(1, 3, 28, 28))
