@@ -55,7 +55,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from inputs import images
+from inputs import transforms
 from plotting import plots
 from util import checkpoint, checks, cli, evaluate, measures, recipe, rundir
 
@@ -319,8 +319,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--classes", help="default: the checkpoint's")
     add("--max-per-class", type=int, help="default: the checkpoint's")
     add("--image-size", type=int, help="default: the checkpoint's")
-    add("--eval-framing", choices=data.EVAL_FRAMINGS, help="the weights' own eval transform or "
-        "the authors' (Resize 256 bicubic -> CenterCrop 224); default: the checkpoint's")
+    add("--eval-framing", choices=transforms.EVAL_FRAMINGS, help="the weights' own eval "
+        "transform or the authors' (Resize 256 bicubic -> CenterCrop 224); default: the "
+        "checkpoint's")
     add("--superclasses", metavar="FILE", help="a grouping of the classes: JSON {class: group} "
         "or class<TAB>group lines (default: the dataset's own, CIFAR-100 and synthetic)")
     add("--batch-size", type=int, help="default: the checkpoint's")
@@ -359,13 +360,62 @@ def main(argv=None) -> dict:
         return rundir.record_analysis(out, options)
 
 
+def read_superclasses(path: str | Path, class_names: list[str]) -> tuple[list[int], list[str]]:
+    """(coarse_of_class, coarse_names) of a user's grouping of `class_names`: a JSON object
+    {class name: group} or a text file of `class<TAB>group` lines (blank lines and # comments
+    skipped). Every class needs a group; names unknown to the dataset are an error. Groups are
+    numbered in order of their first class."""
+    path = Path(path)
+    formats = ("a JSON object {\"class name\": \"group\"} or a text file of class<TAB>group "
+               "lines, one per class")
+    if not path.is_file():
+        raise FileNotFoundError(f"superclasses file {path} does not exist; expected {formats}. "
+                                f"Fix the path given to --superclasses")
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        try:
+            group_of = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"superclasses file {path} is not valid JSON ({err}); expected "
+                             f"{formats}") from err
+        if not all(isinstance(g, (str, int)) for g in group_of.values()):
+            raise ValueError(f"superclasses file {path}: every group must be a name (a string), "
+                             f"expected {formats}")
+        group_of = {name: str(group) for name, group in group_of.items()}
+    else:
+        group_of = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"superclasses file {path}, line {number}: {line!r} is not "
+                                 f"class<TAB>group; expected {formats}")
+            group_of[parts[0]] = parts[1]
+    known = set(class_names)
+    unknown = [n for n in group_of if n not in known]
+    if unknown:
+        raise ValueError(f"superclasses file {path} names {len(unknown)} class(es) this dataset "
+                         f"does not have: {unknown[:5]}; its {len(class_names)} classes are "
+                         f"named like {class_names[:3]} (folder names, e.g. ImageNet wnids). "
+                         f"Fix the names in {path}")
+    missing = [n for n in class_names if n not in group_of]
+    if missing:
+        raise ValueError(f"superclasses file {path} gives no group to {len(missing)} of the "
+                         f"dataset's {len(class_names)} classes: {missing[:5]}; every class "
+                         f"needs one. Add them to {path} (a group of their own if need be)")
+    names = list(dict.fromkeys(group_of[c] for c in class_names))  # first appearance order
+    index = {g: i for i, g in enumerate(names)}
+    return [index[group_of[c]] for c in class_names], names
+
+
 def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
     """The analysis of a checkpoint into `out` (checked and locked by main)."""
     _, val_loader, info = recipe.build_loaders(r, rank=0, world=1, workers=args.workers,
                                                device=device, train=False)
     if args.superclasses is not None:  # checked before the model runs
-        info.coarse_of_class, info.coarse_names = images.read_superclasses(args.superclasses,
-                                                                           info.class_names)
+        info.coarse_of_class, info.coarse_names = read_superclasses(args.superclasses,
+                                                                    info.class_names)
     if ckpt["vit_config"]["image_size"] != info.image_size:
         raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
                          f"px, but the options give {info.image_size} px: drop --image-size")

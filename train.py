@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import llb
 import vit
-from inputs import pretrained
+from inputs import pretrained, transforms
 from plotting import curves
 from util import checks, cli, distributed, estimate, evaluate, recipe, rundir
 from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,
@@ -58,11 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
       f"(util/fit.py); else the dataset's ({sizes}, else {recipe.PHOTO_SIZE})")
     g("--classes", help="imagenet/folder subset: the first K classes, or a file of names")
     g("--max-per-class", type=int, help="imagenet/folder/synthetic subset: M images per class")
-    g("--augment", choices=data.AUGMENTS, help="training augmentation (default: see "
-      "data.default_augment: paper on weights, none on synthetic or a folder, else basic)")
-    g("--eval-framing", choices=data.EVAL_FRAMINGS, help=f"evaluation framing: weights (their "
-      f"own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> CenterCrop 224;"
-      f" SWAG 384); default {recipe.default_of('eval_framing')}, saved in the recipe")
+    g("--augment", choices=transforms.AUGMENTS, help="training augmentation (default: see "
+      "recipe.default_augment: paper on weights, none on synthetic or a folder, else basic)")
+    g("--eval-framing", choices=transforms.EVAL_FRAMINGS, help=f"evaluation framing: weights "
+      f"(their own eval transform; AugReg: Resize 248) or authors (Resize 256 bicubic -> "
+      f"CenterCrop 224; SWAG 384); default {recipe.default_of('eval_framing')}, saved in the "
+      "recipe")
     g("--workers", type=int, help="loader processes per rank (default: data.default_workers)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument

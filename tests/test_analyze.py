@@ -13,7 +13,6 @@ from torchvision.io import decode_png, read_file
 import analyze
 import data
 import train
-from inputs import images
 from plotting import plots
 from util import measures
 
@@ -216,24 +215,24 @@ def test_read_superclasses_json_text_and_errors(tmp_path):
     classes = ["n01", "n02", "n03"]
     as_json = tmp_path / "g.json"
     as_json.write_text(json.dumps({"n03": "fish", "n01": "cat family", "n02": "cat family"}))
-    assert images.read_superclasses(as_json, classes) == ([0, 0, 1], ["cat family", "fish"])
+    assert analyze.read_superclasses(as_json, classes) == ([0, 0, 1], ["cat family", "fish"])
     as_text = tmp_path / "g.txt"
     as_text.write_text("# comment\nn01\tfish\n\nn02\tbird\nn03\tfish\n")
-    assert images.read_superclasses(as_text, classes) == ([0, 1, 0], ["fish", "bird"])
+    assert analyze.read_superclasses(as_text, classes) == ([0, 1, 0], ["fish", "bird"])
     with pytest.raises(FileNotFoundError, match=r"superclasses file .*nope\.json does not exist; "
                                                 r"expected a JSON object .*--superclasses"):
-        images.read_superclasses(tmp_path / "nope.json", classes)
+        analyze.read_superclasses(tmp_path / "nope.json", classes)
     as_text.write_text("n01\tfish\nn02\tbird\nn09\tfish\nn03\tfish\n")
     with pytest.raises(ValueError, match=r"names 1 class\(es\) this dataset does not have: "
                                          r"\['n09'\]; its 3 classes are named like"):
-        images.read_superclasses(as_text, classes)
+        analyze.read_superclasses(as_text, classes)
     as_json.write_text(json.dumps({"n01": "fish"}))
     with pytest.raises(ValueError, match=r"gives no group to 2 of the dataset's 3 classes: "
                                          r"\['n02', 'n03'\]; every class needs one"):
-        images.read_superclasses(as_json, classes)
+        analyze.read_superclasses(as_json, classes)
     as_text.write_text("n01 fish\n")
     with pytest.raises(ValueError, match=r"line 1: 'n01 fish' is not class<TAB>group"):
-        images.read_superclasses(as_text, classes)
+        analyze.read_superclasses(as_text, classes)
 
 
 def test_pca_2d_recovers_a_planar_layout():

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-import data
 import train
 import vit
+from inputs import transforms
 from util import estimate, fit, recipe
 
 
@@ -98,8 +98,8 @@ def kept_fraction(transform, side: int, draws: int = 200) -> float:
 
 
 def test_basic_never_crops_away_most_of_a_small_image():
-    train_tf, _, size = data.make_transforms("folder", image_size=32, eval_spec=None,
-                                             augment="basic")
+    train_tf, _, size = transforms.make_transforms("folder", image_size=32, eval_spec=None,
+                                                   augment="basic")
     steps = train_tf.transforms
     assert size == 32 and not any(isinstance(s, v2.RandomResizedCrop) for s in steps)
     crop = next(s for s in steps if isinstance(s, v2.RandomCrop))
@@ -108,12 +108,12 @@ def test_basic_never_crops_away_most_of_a_small_image():
     assert not any(isinstance(s, v2.RandomHorizontalFlip) for s in steps)  # a folder: no flip
     # at 224 px: a random-resized crop of at least half of a folder image's area; ImageNet keeps
     # the standard (0.08, 1) of its many images, and its flip
-    train_tf, _, _ = data.make_transforms("folder", image_size=224, eval_spec=None,
-                                          augment="basic")
+    train_tf, _, _ = transforms.make_transforms("folder", image_size=224, eval_spec=None,
+                                                augment="basic")
     resized = next(s for s in train_tf.transforms if isinstance(s, v2.RandomResizedCrop))
     assert resized.scale == (0.5, 1.0)
-    train_tf, _, _ = data.make_transforms("imagenet", image_size=224, eval_spec=None,
-                                          augment="basic")
+    train_tf, _, _ = transforms.make_transforms("imagenet", image_size=224, eval_spec=None,
+                                                augment="basic")
     resized = next(s for s in train_tf.transforms if isinstance(s, v2.RandomResizedCrop))
     assert resized.scale == (0.08, 1.0)
     assert any(isinstance(s, v2.RandomHorizontalFlip) for s in train_tf.transforms)

@@ -9,8 +9,8 @@ from dataclasses import fields
 
 import torch
 
+import data
 import llb
-from inputs import named_sets
 from util import distributed, recipe
 from util.checkpoint import load_checkpoint, model_from_checkpoint
 from util.distributed import is_master
@@ -33,7 +33,7 @@ def scores_of(out) -> dict:
 @torch.no_grad()
 def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks.
-    real: ImageNet-ReaL label lists in the split's order (named_sets.read_real_labels); adds
+    real: ImageNet-ReaL label lists in the split's order (data.read_real_labels); adds
     top1_real_<prediction> over the images that have ReaL labels."""
     net.eval()
     correct = {}  # prediction -> (top-1, top-5) counts, on the device
@@ -56,7 +56,7 @@ def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     if real is not None:  # this rank's images are rank::world of the split (EvalShardSampler)
         mine = [real[i] for i in loader.sampler.indices]
         for n in names:
-            counts += named_sets.real_hits(torch.cat(predicted[n]).cpu(), mine)
+            counts += data.real_hits(torch.cat(predicted[n]).cpu(), mine)
     sums = distributed.all_sum(counts, device)
     # sums: (top-1, top-5) hits per prediction, the image count, then (ReaL hits, ReaL images)
     images = sums[2 * len(names)]
@@ -85,7 +85,7 @@ def read_real(args, val_loader) -> list | None:
     """--real-labels FILE: ImageNet-ReaL labels of the validation split, in its order."""
     if args.real_labels is None:
         return None
-    return named_sets.read_real_labels(args.real_labels, val_loader.dataset)
+    return data.read_real_labels(args.real_labels, val_loader.dataset)
 
 
 def checkpoint_recipe(ckpt: dict, path, args) -> recipe.Recipe:

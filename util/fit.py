@@ -2,7 +2,7 @@
 
 A folder (`--dataset folder`) or an ImageNet-style subset (`--dataset imagenet` with `--classes`
 or `--max-per-class`) trained from scratch takes, for each of these options the command line
-leaves unset, a value read from its training split (`inputs.images.folder_summary`: the number of
+leaves unset, a value read from its training split (`data.folder_summary`: the number of
 images and classes, and the image sides from the files' headers, `SIZE_SAMPLE` images at most):
 
   image size  the median shorter side, rounded to a multiple of the patch (at least
@@ -20,7 +20,7 @@ ViT-B, 2,048 objects). `Fitted.origin` says, for the recipe's printout, where ea
 from dataclasses import dataclass, field
 from statistics import median
 
-from inputs.images import folder_summary
+from data import folder_summary
 
 SIZE_SAMPLE = 256  # image headers read to find the median side
 PHOTO_SIZE = 224  # the largest size derived, as the paper's input
