@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 import data
 import recipes
+from inputs.transforms import EVAL_FRAMINGS
 from plotting import figures
 from util import checkpoint, cli, evaluate, measures, rundir
 from util.cli import at_least
@@ -349,7 +350,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--classes", help="default: the checkpoint's")
     add("--max-per-class", type=at_least(1), help="default: the checkpoint's")
     add("--image-size", type=at_least(1), help="default: the checkpoint's")
-    add("--eval-framing", choices=data.EVAL_FRAMINGS, help="the weights' own eval transform or "
+    add("--eval-framing", choices=EVAL_FRAMINGS, help="the weights' own eval transform or "
         "the authors' (Resize 256 bicubic -> CenterCrop 224); default: the checkpoint's")
     add("--superclasses", metavar="FILE", help="a grouping of the classes: JSON {class: group} "
         "or class<TAB>group lines (default: the dataset's own, CIFAR-100 and synthetic)")

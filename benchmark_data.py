@@ -1,5 +1,5 @@
-"""How fast the data loader feeds training: a folder of small PNGs streamed vs decoded once, and
-(--jpeg) how many ImageNet-sized JPEGs one loader core turns into model inputs per second.
+"""How fast the data loader feeds training, and how many ImageNet-sized JPEGs one loader core
+turns into model inputs per second (--jpeg).
 
     python benchmark_data.py
     python benchmark_data.py --jpeg                 # 150 generated 500x375 photos, JPEG q90
@@ -8,10 +8,10 @@
 Writes a folder of 32 px PNGs into a temporary directory (10 classes, 140 training and 20
 validation images per class, smooth random colours plus noise, like small scans), then times
 training epochs of a ViT-micro (patch 4, 32 px, batch 128, AdamW) on the CPU, fed by
-  (a) data.py's folder set streamed: every epoch decodes every PNG (the loader's default workers),
-  (b) the same folder decoded once into a uint8 tensor (data.py's default for small sets,
-      0 workers), per-item transforms on tensors,
-  (c) the same images, normalized, as a plain in-memory TensorDataset (the peer, 0 workers),
+  (a) data.py's folder set, streamed: every epoch decodes every PNG (the loader's default
+      workers, data.default_workers), for each `--augment`;
+  (b) the same images, decoded and normalized once, as a plain in-memory TensorDataset (the
+      peer, 0 workers),
 each with the same model, sampler and batch size. Epochs of all loaders are interleaved (one
 epoch each per round, the order reversed every other round), so a change in machine load hits
 them alike. After one warm-up round it reports medians over `--epochs` rounds: images/s, the
@@ -21,10 +21,10 @@ On a shared machine the step time varies from round to round; the wait column do
 --jpeg: one process with one thread (what one DataLoader worker does), from a file path to the
 normalized float tensor a worker hands to the batch, for the evaluation transform and each
 --augment's training transform (ImageNet's, 224 px), per pipeline:
-  (a) this project: images.load_uint8 (torchvision.io for JPEG) -> v2's uint8 tensor kernels,
-      RandAugment on a PIL view (data.AsPIL), one-pass normalize (data.ToNormalized);
-  (b) the peer, torchvision's reference: PIL decode -> the same v2 steps on PIL images ->
-      PILToTensor -> ToDtype -> Normalize (this project's pipeline before, data.py's "pil");
+  (a) this project: data.load_uint8 (torchvision.io for JPEG) -> v2's uint8 tensor kernels,
+      RandAugment on a PIL view (transforms.AsPIL), one-pass normalize (transforms.ToNormalized);
+  (b) the peer, torchvision's reference: PIL decode (data.load_rgb) -> the same v2 steps on PIL
+      images -> PILToTensor -> ToDtype -> Normalize (built here by peer_steps);
   (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
   (d) what training on CUDA runs in a loader process: (a) up to the uint8 crop; the GPU does
       RandAugment and the normalize on the batch (inputs/on_device.py), timed apart on
@@ -54,13 +54,13 @@ from torchvision.transforms import v2
 
 import data
 import vit
-from inputs import images
+from inputs import transforms
 from inputs.on_device import BatchRandAugment
 
 CLASSES = 10
 SIZE = 32
 BATCH = 128
-PEER = "(c) TensorDataset"
+PEER = "(b) TensorDataset"
 DEVICE_ROW = "(d) on CUDA, the loader's part"  # uint8 out; RandAugment + normalize on the GPU
 
 
@@ -72,9 +72,9 @@ def make_folder(root: Path, *, train_per_class: int, val_per_class: int, seed: i
             folder = root / split / f"class_{k}"
             folder.mkdir(parents=True)
             grid = torch.rand(count, 3, 4, 4, generator=g) * 255  # (n, 3, 4, 4)
-            images = F.interpolate(grid, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
-            images = images + 8 * torch.randn(images.shape, generator=g)  # (n, 3, 32, 32)
-            pixels = images.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            smooth = F.interpolate(grid, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+            noisy = smooth + 8 * torch.randn(smooth.shape, generator=g)  # (n, 3, 32, 32)
+            pixels = noisy.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             for i in range(count):
                 Image.fromarray(pixels[i]).save(folder / f"{i:04d}.png")
 
@@ -83,7 +83,7 @@ def train_epoch(loader: DataLoader, model: torch.nn.Module, optimizer: torch.opt
                 epoch: int) -> tuple[float, float, int]:
     """(seconds, seconds waiting for the loader, images) of one training epoch."""
     loader.sampler.set_epoch(epoch)
-    images = 0
+    seen = 0
     wait = 0.0
     start = time.perf_counter()
     batches = iter(loader)
@@ -98,30 +98,25 @@ def train_epoch(loader: DataLoader, model: torch.nn.Module, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        images += len(y)
-    return time.perf_counter() - start, wait, images
+        seen += len(y)
+    return time.perf_counter() - start, wait, seen
 
 
 def build_loaders(root: Path, augments: list[str]) -> tuple[dict, dict]:
-    """The loaders to compare, by row label, and each set's build time in seconds."""
+    """The loaders to compare, by row label, and each streamed set's build time in seconds."""
     loaders = {}
     build_s = {}
     for augment in augments:
-        for label, budget in (("(a) streamed", 0), ("(b) decoded once", data.DECODE_BUDGET_BYTES)):
-            start = time.perf_counter()
-            train, _, _ = data.build_datasets("folder", str(root), image_size=SIZE,
-                                              augment=augment, decode_budget_bytes=budget)
-            build_s[f"{label}, {augment}"] = time.perf_counter() - start
-            if budget > 0 and not train.in_memory:
-                raise RuntimeError(f"{root}: the training set was not decoded into memory")
-            loaders[f"{label}, {augment}"] = data.build_loader(train, batch_size=BATCH,
-                                                               train=True)
-    # (c) the peer: the decoded `none` images, normalized once, as plain tensors
+        label = f"(a) streamed, {augment}"
+        start = time.perf_counter()
+        train, _, _ = data.build_datasets("folder", str(root), image_size=SIZE, augment=augment)
+        build_s[label] = time.perf_counter() - start
+        loaders[label] = data.build_loader(train, batch_size=BATCH, train=True)
+    # (b) the peer: the `none` images, decoded and normalized once, as plain tensors
     train, _, _ = data.build_datasets("folder", str(root), image_size=SIZE, augment="none")
     x = torch.stack([train[i][0] for i in range(len(train))])  # (N, 3, 32, 32) float32
     peer = TensorDataset(x, torch.tensor(train.targets))
-    loaders[PEER] = data.build_loader(peer, batch_size=BATCH, train=True,
-                                                     workers=0)
+    loaders[PEER] = data.build_loader(peer, batch_size=BATCH, train=True, workers=0)
     return loaders, build_s
 
 
@@ -182,13 +177,14 @@ def make_photos(root: Path, *, count: int, seed: int) -> list[str]:
 
 
 def peer_steps(transform: v2.Compose, *, v2_normalize: bool) -> list:
-    """`transform`'s steps with RandAugment unwrapped from data.AsPIL (it then runs on whatever
-    it is given), and with `v2_normalize` v2's ToDtype -> Normalize for data.ToNormalized."""
+    """`transform`'s steps with RandAugment unwrapped from transforms.AsPIL (it then runs on
+    whatever it is given), and with `v2_normalize` v2's ToDtype -> Normalize for
+    transforms.ToNormalized."""
     steps = []
     for step in transform.transforms:
-        if isinstance(step, data.AsPIL):
+        if isinstance(step, transforms.AsPIL):
             steps.append(step.transform)
-        elif isinstance(step, data.ToNormalized) and v2_normalize:
+        elif isinstance(step, transforms.ToNormalized) and v2_normalize:
             steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(step.mean, step.std)]
         else:
             steps.append(step)
@@ -198,22 +194,22 @@ def peer_steps(transform: v2.Compose, *, v2_normalize: bool) -> list:
 def jpeg_rows(augments: list[str]) -> dict:
     """{row label: (load, transform or None, device tail or None)}: the decode floors, then per
     transform (a)-(d); a row is timed without its tail (the loader's part)."""
-    rows = {"decode only, PIL": (images.load_rgb, None, None),
-            "decode only, torchvision.io": (images.load_uint8, None, None)}
-    transforms = {}
+    rows = {"decode only, PIL": (data.load_rgb, None, None),
+            "decode only, torchvision.io": (data.load_uint8, None, None)}
+    by_name = {}
     for augment in augments:
-        train, val, _ = data.make_transforms("imagenet", image_size=None, eval_spec=None,
-                                             augment=augment)
-        transforms[f"train {augment}"] = train
-    transforms = {"eval": val} | transforms  # the same eval transform for every augment
-    for name, tf in transforms.items():
-        rows[f"{name}: (a) this project"] = (images.load_uint8, tf, None)
+        train, val, _ = transforms.make_transforms("imagenet", image_size=None, eval_spec=None,
+                                                   augment=augment)
+        by_name[f"train {augment}"] = train
+    by_name = {"eval": val} | by_name  # the same eval transform for every augment
+    for name, tf in by_name.items():
+        rows[f"{name}: (a) this project"] = (data.load_uint8, tf, None)
         reference = peer_steps(tf, v2_normalize=True)
-        rows[f"{name}: (b) PIL + v2, reference"] = (images.load_rgb, v2.Compose(reference), None)
-        if any(isinstance(step, data.AsPIL) for step in tf.transforms):
+        rows[f"{name}: (b) PIL + v2, reference"] = (data.load_rgb, v2.Compose(reference), None)
+        if any(isinstance(step, transforms.AsPIL) for step in tf.transforms):
             tensors = peer_steps(tf, v2_normalize=False)
-            rows[f"{name}: (c) v2 on tensors"] = (images.load_uint8, v2.Compose(tensors), None)
-        rows[f"{name}: {DEVICE_ROW}"] = (images.load_uint8, *data.device_split(tf))
+            rows[f"{name}: (c) v2 on tensors"] = (data.load_uint8, v2.Compose(tensors), None)
+        rows[f"{name}: {DEVICE_ROW}"] = (data.load_uint8, *transforms.device_split(tf))
     return rows
 
 
@@ -342,11 +338,13 @@ def run_jpeg(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-per-class", type=int, default=140)
     parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=5, help="timed rounds after one warm-up")
-    parser.add_argument("--augment", nargs="+", choices=data.AUGMENTS, default=["none", "basic"])
+    parser.add_argument("--augment", nargs="+", choices=transforms.AUGMENTS,
+                        default=["none", "basic"])
     parser.add_argument("--seed", type=int, default=0)
     jpeg = parser.add_argument_group("--jpeg: one loader core on ImageNet-sized JPEGs")
     jpeg.add_argument("--jpeg", action="store_true", help="measure that instead (see above)")
@@ -361,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jpeg:
         if args.augment == ["none", "basic"]:  # the PNG mode's default: measure all three
-            args.augment = list(data.AUGMENTS)
+            args.augment = list(transforms.AUGMENTS)
         if min(args.count, args.rounds, args.gpus, args.gpu_img_s) < 1:
             parser.error("--count, --rounds, --gpus and --gpu-img-s must be >= 1")
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -381,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ViT-micro, patch 4, {SIZE} px, batch {BATCH}, {CLASSES * args.train_per_class} "
           f"training PNGs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPU cores; medians of {args.epochs} epochs after 1 warm-up\n")
-    print("| loader, augment | workers | build s | train img/s | epoch time vs (c) "
+    print("| loader, augment | workers | build s | train img/s | epoch time vs (b) "
           "| waiting for data per epoch |")
     print("|---|---|---|---|---|---|")
     for label, loader in loaders.items():
@@ -389,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         build = f"{build_s[label]:.2f}" if label in build_s else "-"
         print(f"| {label} | {loader.num_workers} | {build} | {r['img_s']:.0f} | "
               f"{r['vs_peer']:.2f}x | {r['wait_s']:.2f} s ({100 * r['wait_share']:.1f}%) |")
+
 
 if __name__ == "__main__":
     main()

@@ -1,79 +1,67 @@
-"""Datasets, transforms and loaders for the LLB reference implementation.
+"""The datasets of the LLB reference implementation and their loaders.
 
 `build_datasets(name, root, ...)` returns `(train_set, val_set, DataInfo)` with items
 `(normalized float32 tensor (3, H, W), int label)`; `build_loader(...)` shuffles (and shards with
 DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
-Names: `synthetic` (default, in memory), `cifar10`, `cifar100` (with its 20 superclasses),
-`imagenet` and `folder` (root/{train,val}/<class>/<image>), `places365`, `inat2018` (official
-json split); their files are read by inputs/images.py (ImageNet-ReaL's labels by
-inputs/named_sets.py: `read_real_labels`, `real_hits`); `synthetic` is inputs/synthetic.py's.
+Names: `synthetic` (default: inputs/synthetic.py's, generated in memory), `cifar10`, `cifar100`
+(with its 20 superclasses), `imagenet` and `folder` (root/{train,val}/<class>/<image>),
+`places365`, `inat2018` (official json split). ImageNet-ReaL's labels for the ImageNet
+validation split: `read_real_labels`, `real_hits`. How an image becomes the model's input (the
+transforms, the augmentations): inputs/transforms.py.
 
-Augmentation (`augment`, default `default_augment`'s): `paper` is the authors' recipe for LLB
-on a pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for 224 px, 384 for SWAG's
-384, whatever the weights' own eval resize) -> CenterCrop -> RandAugment(3, 9) (CIFAR: crop +
-flip + RandAugment); `basic`, for a ViT from scratch, never crops away most of an image
-(`basic_steps`: a pad-and-crop up to PAD_CROP_UP_TO px, a random-resized crop above, a flip
-except on a folder: digits and text change class when mirrored); `none` trains on the eval
-framing: Resize 256 (bicubic) -> CenterCrop 224, or with `eval_spec` the released weights'
-sizes, interpolation, mean and std; `eval_framing="authors"` evaluates on Resize
-authors_resize(crop) bicubic -> CenterCrop instead.
-
-Files are decoded to uint8 tensors (`pipeline="tensor"`, images.load_uint8: torchvision.io for
-JPEG), framed by v2's uint8 kernels, RandAugment on a PIL view (AsPIL), then ToNormalized. With
-`on_device` (training on CUDA) the loader stops at the uint8 crop and the GPU runs RandAugment
-and the normalize on the batch (device_split, inputs/on_device.py). `pipeline="pil"` is
-torchvision's reference, PIL throughout. Rates per core: benchmark_data.py --jpeg.
-
-A folder or imagenet split whose decoded uint8 images fit DECODE_BUDGET_BYTES (2 GiB; train
-first, then val) is decoded once into memory (images.ImageFiles.decode; a copy per DDP process)
-and framed by the Resize/CenterCrop calls streaming makes: an epoch then decodes nothing, with
-0 workers by default. Larger sets stream, decoding in `default_workers` processes.
+Image files are decoded when an item is read, every epoch, in `default_workers` loader
+processes: `load_uint8` gives a uint8 tensor (3, H, W) (torchvision.io for JPEG), `load_rgb`
+reads any PIL mode as 8-bit RGB (16-bit and float modes scaled, not clipped; transparent pixels
+on white). CIFAR's arrays and the synthetic set are in memory: their loaders default to 0
+workers.
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import datasets as tv_datasets
+from torchvision import io as tv_io
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from inputs.images import (build_image_folder, build_inat2018, decode_within_budget, load_rgb,
-                           load_uint8)
-from inputs.named_sets import build_cifar, build_places365
 from inputs import pretrained
-from inputs.on_device import BatchRandAugment, OnDevice
-from inputs.synthetic import (RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SYNTHETIC_MEAN,
-                              SYNTHETIC_STD, SyntheticObjects)
+from inputs.on_device import OnDevice
+from inputs.synthetic import RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SyntheticObjects
+from inputs.transforms import (AUGMENTS, CIFAR_STATS, EVAL_FRAMINGS, INTERPOLATIONS, device_split,
+                               make_transforms)
 from util import distributed
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
-AUGMENTS = ("paper", "basic", "none")
-# Evaluation framing: "weights" (the weights' own eval transform, e.g. AugReg's Resize 248) or
-# "authors" (their dataset/__init__.py: Resize 256 bicubic -> CenterCrop 224; SWAG 384 -> 384)
-EVAL_FRAMINGS = ("weights", "authors")
-# How image files become tensors: decoded to uint8 tensors and framed by v2's tensor kernels
-# ("tensor"), or decoded and framed as PIL images ("pil", torchvision's reference pipeline)
-PIPELINES = {"tensor": load_uint8, "pil": load_rgb}
-# The authors' resize before the center crop, per crop size (their dataset/__init__.py). Other
-# crop sizes keep the 256 / 224 ratio (our choice: the authors trained at 224 and 384 only).
-AUTHORS_RESIZE = {224: 256, 384: 384}
-DECODE_BUDGET_BYTES = 2 * 1024 ** 3  # decode a folder/imagenet split once if it fits, as uint8
+# torchvision's ImageFolder extensions, compared lower-cased
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Full-scale value of the wide single-channel modes: PIL opens 16-bit PNG/TIFF as "I;16*" or "I"
+# (32-bit int holding 0..65535), float TIFF as "F" (taken as 0..1, torchvision's float convention).
+FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535,
+              "F": 1.0}
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # transparent pixels shown on white, as a web page does
+# torchvision.io's JPEG decoder (deprecated since torchvision 0.29 in favour of TorchCodec, still
+# there in the pinned 0.29.1); without it load_uint8 decodes with PIL, the same pixels, slower
+DECODE_JPEG = getattr(tv_io, "decode_jpeg", None)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-PAD_CROP_UP_TO = 64  # basic: a pad-and-crop up to this size, a random-resized crop above
-# basic above PAD_CROP_UP_TO px: the smallest crop, as a fraction of the area (torchvision's and
-# DeiT's ImageNet-1k 0.08 for the large photo sets; a folder, often small, keeps half its image)
-RESIZED_CROP_SCALE = {"folder": 0.5, "imagenet": 0.08, "places365": 0.08, "inat2018": 0.08}
-INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR,
-                  "bicubic": v2.InterpolationMode.BICUBIC, "nearest": v2.InterpolationMode.NEAREST}
+IMAGENET_HINT = ("download ILSVRC2012 from https://image-net.org and arrange val/ into class "
+                 "folders, e.g. with the valprep.sh script")
+FOLDER_HINT = "arrange the images as root/train/<class>/<image> and root/val/<class>/<image>"
+INAT_URL = "https://github.com/visipedia/inat_comp/tree/master/2018"
+CIFAR_HINT = "pass --download or download from https://www.cs.toronto.edu/~kriz/cifar.html"
+PLACES_HINT = ("pass --download or download the high-resolution Places365-Standard images and "
+               "file lists from http://places2.csail.mit.edu/download.html")
+REAL_URL = "https://github.com/google-research/reassessed-imagenet"
+REAL_IMAGES = 50_000  # ImageNet-1k validation images, ILSVRC2012_val_00000001 .. 00050000
+REAL_CLASSES = 1000
 
 
 @dataclass(kw_only=True)
@@ -82,149 +70,364 @@ class DataInfo:
     num_classes: int
     image_size: int  # H == W of the tensors the transforms produce
     class_names: list[str]
-    augment: str  # the training augmentation used, one of AUGMENTS
+    augment: str  # the training augmentation used, one of inputs/transforms.py's AUGMENTS
     coarse_of_class: list[int] | None = None  # superclass id of each fine class
     coarse_names: list[str] | None = None
 
 
-# ----------------------------------------------------------------------------------- transforms
-class AsPIL(torch.nn.Module):
-    """Runs `transform` on a PIL image: a uint8 tensor (3, H, W) goes there and back (~0.2 ms at
-    224 px). RandAugment(3, 9) on PIL is ~3x faster per core than on v2's tensor kernels."""
+# ------------------------------------------------------------------------------------ decoding
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of an image of any PIL mode: wide modes scaled (not clipped), alpha composited."""
+    if image.mode in FULL_SCALE:
+        full = FULL_SCALE[image.mode]
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        if values.min() < 0 or values.max() > full:
+            raise ValueError(f"mode {image.mode} pixel values span [{values.min():g}, "
+                             f"{values.max():g}], outside the 0..{full:g} this mode is read as; "
+                             "save the image as an 8- or 16-bit PNG")
+        # 65535 (or 1.0) -> 255; 257 * k -> k exactly
+        gray = np.rint(values * (255 / full)).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    # Note: a 16-bit RGB(A) PNG arrives as 8-bit RGB(A): PIL keeps each value's high byte
+    # (v // 256), within one level of the exact v * 255 / 65535.
+    if image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK ((255 - C)(255 - K) / 255), YCbCr, RGB
 
-    def __init__(self, transform: torch.nn.Module) -> None:
-        super().__init__()
+
+def _unreadable(path: str, err: Exception) -> RuntimeError:
+    return RuntimeError(f"cannot read image file {path} ({err}); replace or delete it (it is "
+                        "never skipped silently)")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image; failure raises instead of skipping, which would shift labels."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from err
+
+
+def load_uint8(path: str) -> torch.Tensor:
+    """The pixels of load_rgb(path) as a uint8 tensor (3, H, W). A JPEG (its first bytes FF D8)
+    is decoded by torchvision.io.decode_jpeg, whose RGB, gray and CMYK output equals PIL's; any
+    other file, or a JPEG it cannot decode (e.g. truncated), goes through load_rgb."""
+    try:
+        with open(path, "rb") as file:  # only a JPEG is read here in full; others go to PIL
+            jpeg = DECODE_JPEG is not None and file.read(2) == b"\xff\xd8"
+        if jpeg:
+            raw = tv_io.read_file(path)  # (file size,) uint8
+            return DECODE_JPEG(raw, mode=tv_io.ImageReadMode.RGB)  # (3, H, W) uint8
+    except (OSError, RuntimeError):
+        pass  # load_rgb decodes it, or says what is wrong with the file
+    return v2.functional.pil_to_tensor(load_rgb(path))  # (3, H, W) uint8
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs of image files, each decoded (load_uint8) and transformed when read."""
+
+    def __init__(self, *, samples: list[tuple[str, int]], class_names: list[str],
+                 transform: v2.Compose) -> None:
+        self.samples = samples
+        self.class_names = class_names
         self.transform = transform
+        self.targets = [label for _, label in samples]
 
-    def forward(self, image):
-        if not isinstance(image, torch.Tensor):
-            return self.transform(image)
-        pil = Image.fromarray(image.permute(1, 2, 0).numpy())  # (H, W, 3) uint8
-        return TF.pil_to_tensor(self.transform(pil))  # (3, H, W) uint8
+    def __len__(self) -> int:
+        return len(self.samples)
 
-
-class ToNormalized(torch.nn.Module):
-    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std in one pass, an image or a batch
-    (device_split): v2's ToDtype(scale=True) -> Normalize within 1e-6, 3-4x faster an image."""
-
-    def __init__(self, mean: tuple, std: tuple) -> None:
-        super().__init__()
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        # mean in uint8 levels and 1 / (255 std), (3, 1, 1); buffers: they follow .to(device)
-        self.register_buffer("shift", torch.tensor(mean).view(3, 1, 1) * 255, persistent=False)
-        scale = 1 / (torch.tensor(std).view(3, 1, 1) * 255)
-        self.register_buffer("scale", scale, persistent=False)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # Note: contiguous whatever the strides (JPEGs decode channels-last): 3x faster than float()
-        image = image.to(torch.float32, memory_format=torch.contiguous_format)  # (..., 3, H, W)
-        return image.sub_(self.shift).mul_(self.scale)
-
-    def extra_repr(self) -> str:
-        return f"mean={self.mean}, std={self.std}"
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_uint8(path)), label
 
 
-def _framing(spec: dict, interpolation: str) -> list:
-    return [v2.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[interpolation]),
-            v2.CenterCrop(spec["crop_size"])]
+# ------------------------------------------------------------------------------------- folders
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and e.name[0] != ".")
 
 
-def authors_resize(crop_size: int) -> int:
-    """The side the authors resize to before their center crop of `crop_size` (AUTHORS_RESIZE)."""
-    return AUTHORS_RESIZE.get(crop_size, round(crop_size * 256 / 224))
+def _image_files(class_dir: Path, max_per_class: int | None) -> list[str]:
+    images = [e for e in os.scandir(class_dir)  # scandir: no stat per file
+              if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    names = sorted(e.name for e in images if e.is_file())
+    broken = sorted(e.name for e in images if e.is_symlink() and not e.is_file())
+    if broken:  # a link whose target is gone: is_file() is False, and it would vanish silently
+        raise FileNotFoundError(f"{class_dir} holds {len(broken)} broken symbolic link(s) to "
+                                f"images ({', '.join(broken[:3])}): their targets do not exist. "
+                                f"Mount or restore the targets, or delete the links.")
+    return [str(class_dir / n) for n in names[:max_per_class]]
 
 
-def authors_spec(spec: dict) -> dict:
-    """`spec` with the authors' eval framing: Resize authors_resize(crop) bicubic -> CenterCrop."""
-    return dict(spec, resize_size=authors_resize(spec["crop_size"]), interpolation="bicubic")
+def select_classes(available: list[str], classes: int | str | None, *, source: Path) -> list[str]:
+    """All classes, the first K in sorted order, or those a text file lists (in file order)."""
+    if classes is None:
+        return available
+    if isinstance(classes, str) and classes.strip().isdigit():
+        classes = int(classes)
+    if isinstance(classes, int):
+        if not 2 <= classes <= len(available):
+            raise ValueError(f"classes={classes} but {source} has {len(available)} class folders; "
+                             f"pass K between 2 and {len(available)} (a classifier needs at "
+                             "least 2 classes)")
+        return available[:classes]
+    path = Path(classes)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list file {path} not found; expected a text file with one "
+                                "class folder name (e.g. wnid n01440764) per line, or an integer K")
+    names = [n for n in (line.split("#")[0].strip() for line in path.read_text().splitlines()) if n]
+    unknown = [n for n in names if n not in set(available)]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"class list file {path} must name distinct class folders of {source}; "
+                         f"it has {len(names)} names, unknown: {unknown[:5]}; valid names look "
+                         f"like {available[:3]}")
+    if len(names) < 2:
+        raise ValueError(f"class list file {path} names {len(names)} class; a classifier needs "
+                         "at least 2 classes")
+    return names
 
 
-def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None,
-                    augment: str, eval_framing: str = "weights"
-                    ) -> tuple[v2.Compose, v2.Compose, int]:
-    """(train transform, val transform, output size) for dataset `name` and `augment`;
-    eval_framing "authors" replaces the val framing of `eval_spec` by the authors'
-    (authors_spec)."""
-    randaugment = [AsPIL(v2.RandAugment(num_ops=3, magnitude=9))]
-    if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
-        mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
-        framing = []
-        size = 32
-        val_framing = []
-        if eval_spec is not None:
-            framing = _framing(eval_spec, eval_spec["interpolation"])
-            val_spec = authors_spec(eval_spec) if eval_framing == "authors" else eval_spec
-            val_framing = _framing(val_spec, val_spec["interpolation"])
-            size = eval_spec["crop_size"]
-            mean = eval_spec["mean"]
-            std = eval_spec["std"]
-        elif image_size is not None and image_size != 32:  # nearest keeps the synthetic cells crisp
-            mode = INTERPOLATIONS["nearest" if name == "synthetic" else "bicubic"]
-            framing = [v2.Resize(image_size, interpolation=mode)]
-            val_framing = framing
-            size = image_size
-        if name == "synthetic":  # already float tensors; never augmented (see SyntheticObjects)
-            normalize = [v2.Normalize(mean, std)]
-            return (v2.Compose(framing + normalize), v2.Compose(val_framing + normalize), size)
-        # basic: a random 32 px crop of the image zero-padded to 40 px, and a flip
-        crop_flip = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
-        augment_steps = {"paper": crop_flip + randaugment, "basic": crop_flip, "none": []}
-        train_steps = augment_steps[augment] + framing
-        val_steps = val_framing
-    else:  # photo sets: 224 px by default
-        side = image_size if image_size is not None else 224
-        spec = eval_spec
-        if spec is None:
-            spec = {"resize_size": round(side * 256 / 224), "crop_size": side,
-                    "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        size = spec["crop_size"]
-        mean = spec["mean"]
-        std = spec["std"]
-        val_spec = authors_spec(spec) if eval_framing == "authors" else spec
-        val_steps = _framing(val_spec, val_spec["interpolation"])
-        if augment == "paper":
-            # The authors' training framing, whatever the weights' eval resize (AugReg's 248):
-            # Resize 256 bilinear -> CenterCrop 224 (SWAG 384 -> 384), then RandAugment(3, 9).
-            # Note: bilinear here, bicubic for evaluation, as the authors (the eval side follows
-            # the weights' own transform unless eval_framing is "authors").
-            train_steps = _framing(authors_spec(spec), "bilinear") + randaugment
-        elif augment == "basic":
-            train_steps = basic_steps(name, size, val_steps)
-        else:  # none: the weights' own eval framing, whatever eval_framing is
-            train_steps = _framing(spec, spec["interpolation"])
-    # PIL image (or a uint8 tensor, passed through) -> plain float tensor, normalized
-    tensor = [v2.PILToTensor(), ToNormalized(mean, std)]
-    return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
+def build_image_folder(name: str, root: str, *, classes: int | str | None,
+                       max_per_class: int | None, train_tf: v2.Compose, val_tf: v2.Compose
+                       ) -> tuple[ImageFiles, ImageFiles]:
+    """root/train/<class>/* and root/val/<class>/*, labels 0..K-1 in class-list order."""
+    hint = IMAGENET_HINT if name == "imagenet" else FOLDER_HINT
+    layout = f"expected layout {root}/train/<class>/<image> and {root}/val/<class>/<image>"
+    base = Path(root)
+    if not base.is_dir() or not any(base.iterdir()):
+        state = "does not exist"
+        if base.is_file():
+            state = "is a file, expected a folder"
+        elif base.is_dir():
+            state = "is empty"
+        raise FileNotFoundError(f"{name}: data root {base} {state}; {layout}. Fix: {hint}")
+    dirs = {"train": base / "train", "val": base / "val"}
+    for split_dir in dirs.values():
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"{name}: missing split folder {split_dir}; {layout}. "
+                                    f"Fix: {hint}")
+    available = _class_folders(dirs["train"])
+    if len(available) < 2:
+        raise ValueError(f"{name}: {dirs['train']} has {len(available)} class folder(s) "
+                         f"{available}; a classifier needs at least 2 classes; {layout}. "
+                         f"Fix: {hint}")
+    chosen = select_classes(available, classes, source=dirs["train"])
+    val_classes = set(_class_folders(dirs["val"]))
+    missing = [c for c in chosen if c not in val_classes]
+    extra = sorted(val_classes - {*available})
+    if missing or extra:
+        raise ValueError(f"{name}: {dirs['val']} lacks class folders {missing[:5]} that train has "
+                         f"and has {extra[:5]} that train lacks; {layout}. Fix: {hint}")
+    sets = []
+    for split, transform in (("train", train_tf), ("val", val_tf)):
+        samples = []
+        for label, class_name in enumerate(chosen):
+            files = _image_files(dirs[split] / class_name, max_per_class)
+            if not files:
+                raise ValueError(f"{name}: class folder {dirs[split] / class_name} has no images "
+                                 f"(extensions {IMAGE_EXTENSIONS}, any case); {layout}")
+            samples += [(f, label) for f in files]
+        sets.append(ImageFiles(samples=samples, class_names=chosen, transform=transform))
+    return sets[0], sets[1]
 
 
-def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential | None]:
-    """(the loader's part of `transform`, ending in uint8 (3, H, W); the device's part, on a batch
-    (inputs/on_device.py)): the device takes the normalize and a RandAugment right before it (not
-    CIFAR's, which a resize follows). (transform, None) if it does not end in ToNormalized."""
-    steps = list(transform.transforms)
-    if not isinstance(steps[-1], ToNormalized):  # synthetic: float tensors, v2.Normalize
-        return transform, None
-    tail = [steps.pop()]  # ToNormalized: per image or on a batch alike
-    if len(steps) >= 2 and isinstance(steps[-2], AsPIL):  # [..., AsPIL(RandAugment), PILToTensor]
-        ra = steps.pop(-2).transform
-        tail.insert(0, BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
-    return v2.Compose(steps), torch.nn.Sequential(*tail)
+def folder_summary(root: str, *, classes: int | str | None, max_per_class: int | None,
+                   sample: int) -> dict | None:
+    """What the training split of root/train/<class>/* holds, read cheaply: the number of
+    images and classes, and the shorter side of up to `sample` images spread evenly over it
+    (from the file headers). None when the folder cannot be read: data.build_datasets then
+    says what is wrong with it."""
+    train = Path(root) / "train"
+    try:
+        chosen = select_classes(_class_folders(train), classes, source=train)
+        files = [f for name in chosen for f in _image_files(train / name, max_per_class)]
+    except (OSError, ValueError):
+        return None
+    if len(chosen) < 2 or not files:
+        return None
+    picked = files[::max(1, len(files) // sample)][:sample]
+    sides = []
+    for path in picked:
+        try:
+            with Image.open(path) as image:  # the header only: no pixels decoded
+                sides.append(min(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+    return dict(images=len(files), classes=len(chosen), sides=sides)
 
 
-def basic_steps(name: str, size: int, framing: list) -> list:
-    """`basic` for a photo set or folder at `size` px: up to PAD_CROP_UP_TO px the eval framing,
-    then a crop of it padded by size // 8 (CIFAR's recipe); above, a random-resized crop of at
-    least RESIZED_CROP_SCALE of the image. A flip, except on a folder (content unknown)."""
-    flip = [] if name == "folder" else [v2.RandomHorizontalFlip()]
-    if size <= PAD_CROP_UP_TO:
-        return framing + [v2.RandomCrop(size, padding=size // 8)] + flip
-    return [v2.RandomResizedCrop(size, scale=(RESIZED_CROP_SCALE[name], 1.0))] + flip
+# -------------------------------------------------------------------------------- iNat 2018
+def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable, download: bool
+                   ) -> tuple[ImageFiles, ImageFiles, list[str]]:
+    """iNaturalist 2018 with the official split (torchvision's class indexes every image)."""
+    base = Path(root)
+    if download:
+        try:  # torchvision puts the images in root/2018/<super>/<id>/
+            tv_datasets.INaturalist(root, version="2018", download=True)
+        except (RuntimeError, OSError) as err:
+            raise RuntimeError(f"inat2018: download into {root} failed ({err}); "
+                               f"see {INAT_URL}") from err
+    annotations = []
+    for split in ("train2018", "val2018"):
+        if not (base / f"{split}.json").is_file():
+            raise FileNotFoundError(
+                f"inat2018: missing {base / split}.json; expected layout {root}/train2018.json, "
+                f"{root}/val2018.json and images under {root}/train_val2018/ (or {root}/2018/). "
+                f"Fix: pass --download or get them from {INAT_URL}")
+        annotations.append(json.loads((base / f"{split}.json").read_text()))
+    categories = sorted(annotations[0]["categories"], key=lambda c: c["id"])
+    label_of = {c["id"]: i for i, c in enumerate(categories)}
+    names = [str(c.get("name", c["id"])) for c in categories]
+    train, val = [ImageFiles(samples=_inat_samples(base, a, label_of), class_names=names,
+                             transform=tf)
+                  for a, tf in zip(annotations, (train_tf, val_tf))]
+    return train, val, names
+
+
+def _inat_samples(base: Path, annotation: dict, label_of: dict) -> list[tuple[str, int]]:
+    category_of = {a["image_id"]: a["category_id"] for a in annotation["annotations"]}
+    renamed = not (base / "train_val2018").is_dir()  # torchvision's download names it 2018/
+    samples = []
+    for image in annotation["images"]:
+        file = Path(image["file_name"])  # "train_val2018/<super>/<id>/<hash>.jpg"
+        file = Path("2018", *file.parts[1:]) if renamed else file
+        if category_of[image["id"]] not in label_of:
+            raise ValueError(f"inat2018: image {file} has a category missing from "
+                             f"train2018.json; re-download the annotations from {INAT_URL}")
+        samples.append((str(base / file), label_of[category_of[image["id"]]]))
+    if samples and not Path(samples[0][0]).is_file():
+        raise FileNotFoundError(f"inat2018: image {samples[0][0]} of the annotations is missing; "
+                                f"extract train_val2018.tar.gz into {base} (see {INAT_URL})")
+    return samples
+
+
+# ----------------------------------------------------------------------------- torchvision sets
+def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
+                download: bool) -> tuple[Dataset, Dataset, list[str], list | None, list | None]:
+    """(train, val, class names, coarse_of_class, coarse_names): superclasses for cifar100."""
+    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    data_dir = Path(root) / cls.base_folder
+    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in expected if not (data_dir / f).is_file()]
+    if missing and not download:
+        raise FileNotFoundError(f"{name}: {data_dir} lacks {missing}; expected layout "
+                                f"{data_dir}/{{{','.join(expected)}}} (the extracted python "
+                                f"archive). Fix: {CIFAR_HINT}, extracting it into {root}")
+    try:
+        train = cls(root, train=True, transform=train_tf, download=download)
+        val = cls(root, train=False, transform=val_tf)
+    except RuntimeError as err:  # torchvision's MD5 check
+        raise RuntimeError(f"{name}: files in {data_dir} fail torchvision's integrity check "
+                           f"({err}); delete {data_dir} and {CIFAR_HINT}") from err
+    except OSError as err:
+        raise RuntimeError(f"{name}: download into {root} failed ({err}); check the network "
+                           f"(a proxy?) or {CIFAR_HINT.split(' or ', 1)[1]}") from err
+    for split in (train, val):  # decoded arrays already: loaders default to 0 workers
+        split.in_memory = True
+    if name == "cifar10":
+        return train, val, list(train.classes), None, None
+    coarse_of_class, coarse_names = read_cifar100_hierarchy(data_dir,
+                                                            num_classes=len(train.classes))
+    return train, val, list(train.classes), coarse_of_class, coarse_names
+
+
+def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, list]:
+    """coarse_of_class (checked consistent over every sample of train and test), coarse_names."""
+    def load(file: str) -> dict:
+        with open(data_dir / file, "rb") as f:  # the archive's python-2 pickles
+            entry = pickle.load(f, encoding="latin1")
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+    coarse_of_class = [-1] * num_classes
+    for file in ("train", "test"):
+        entry = load(file)
+        for fine, coarse in zip(entry["fine_labels"], entry["coarse_labels"]):
+            if coarse_of_class[fine] not in (-1, coarse):
+                raise RuntimeError(f"{data_dir / file}: fine class {fine} appears under "
+                                   f"superclasses {coarse_of_class[fine]} and {coarse}; the file "
+                                   f"is corrupted, delete {data_dir} and {CIFAR_HINT}")
+            coarse_of_class[fine] = coarse
+    if -1 in coarse_of_class:
+        raise RuntimeError(f"{data_dir}: fine class {coarse_of_class.index(-1)} has no samples, "
+                           f"so its superclass is unknown; delete {data_dir} and {CIFAR_HINT}")
+    return coarse_of_class, list(load("meta")["coarse_label_names"])
+
+
+def build_places365(root: str, *, train_tf: Callable, val_tf: Callable, download: bool
+                    ) -> tuple[Dataset, Dataset, list[str]]:
+    """Places365-Standard at high resolution (small=False: the paper feeds 224/384 px)."""
+    needed = ["categories_places365.txt", "places365_train_standard.txt", "places365_val.txt",
+              "data_large_standard", "val_large"]
+    missing = [n for n in needed if not (Path(root) / n).exists()]
+    if missing and not download:
+        raise FileNotFoundError(f"places365: {root} lacks {missing}; expected layout "
+                                f"{root}/{{{','.join(needed)}}}. Fix: {PLACES_HINT}")
+    try:
+        sets = [tv_datasets.Places365(root, split=split, small=False, download=download,
+                                      transform=tf, loader=load_uint8)
+                for split, tf in (("train-standard", train_tf), ("val", val_tf))]
+    except (RuntimeError, OSError) as err:
+        raise RuntimeError(f"places365: cannot load {root} ({err}); {PLACES_HINT}") from err
+    return sets[0], sets[1], list(sets[0].classes)
+
+
+# ------------------------------------------------------------------------------ ImageNet-ReaL
+def read_real_labels(path: str | Path, val_set: Dataset) -> list[list[int]]:
+    """Each image's ImageNet-ReaL labels (possibly none), in `val_set`'s sample order.
+
+    `path` is real.json of google-research/reassessed-imagenet: a JSON list of 50,000 label
+    lists, entry i for ILSVRC2012_val_{i+1:08d}.JPEG. Images are matched by that file number.
+    """
+    path = Path(path)
+    source = f"the ReaL labels file {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} does not exist; download real.json from {REAL_URL}")
+    try:
+        entries = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{source} is not JSON ({err}); expected real.json of {REAL_URL}") from err
+    well_formed = isinstance(entries, list) and all(
+        isinstance(e, list) and all(isinstance(k, int) for k in e) for e in entries)
+    if not well_formed or len(entries) != REAL_IMAGES:
+        raise ValueError(f"{source} must be a JSON list of {REAL_IMAGES} lists of class indices "
+                         f"(real.json of {REAL_URL})")
+    bad = [(i, k) for i, e in enumerate(entries) for k in e if not 0 <= k < REAL_CLASSES]
+    if bad:
+        raise ValueError(f"{source}: entry {bad[0][0]} holds label {bad[0][1]}, outside the "
+                         f"{REAL_CLASSES} ImageNet classes 0..{REAL_CLASSES - 1}")
+    class_names = getattr(val_set, "class_names", [])
+    wnids = all(re.fullmatch(r"n\d{8}", c) for c in class_names)
+    if len(class_names) != REAL_CLASSES or not wnids or class_names != sorted(class_names):
+        raise ValueError(f"ReaL labels are indices into all {REAL_CLASSES} ImageNet classes in "
+                         f"wnid-sorted order, but this validation set has {len(class_names)} "
+                         f"classes {class_names[:3]}...; evaluate --dataset imagenet with all "
+                         "1000 class folders (no --classes subset) to use them")
+    labels = []
+    for file, _ in val_set.samples:
+        match = re.fullmatch(r"ILSVRC2012_val_(\d{8})\.jpe?g", Path(file).name, re.IGNORECASE)
+        if match is None or not 1 <= int(match.group(1)) <= REAL_IMAGES:
+            raise ValueError(f"ReaL labels are matched by file name, but validation image {file} "
+                             "is not named ILSVRC2012_val_00000001.JPEG .. _00050000.JPEG; keep "
+                             "the official validation file names")
+        labels.append(entries[int(match.group(1)) - 1])
+    return labels
+
+
+def real_hits(pred: torch.Tensor, labels: list[list[int]]) -> tuple[int, int]:
+    """(correct, counted): images without ReaL labels are not counted, as the ReaL paper does."""
+    if pred.ndim != 1 or len(pred) != len(labels):
+        raise ValueError(f"real_hits needs one predicted class per image: pred of shape "
+                         f"{tuple(pred.shape)} for {len(labels)} label lists")
+    predicted = pred.tolist()
+    counted = [i for i, acceptable in enumerate(labels) if acceptable]
+    correct = sum(predicted[i] in labels[i] for i in counted)
+    return correct, len(counted)
 
 
 # --------------------------------------------------------------------------------- entry points
 def _check_options(name: str, root: str | None, *, image_size: int | None,
-                   eval_spec: dict | None, classes, max_per_class, augment: str | None,
+                   eval_spec: dict | None, classes, max_per_class, augment: str,
                    eval_framing: str = "weights") -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
@@ -243,9 +446,9 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
                          f"not {name}")
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    if augment is not None and augment not in AUGMENTS:
+    if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTS}")
-    if name == "synthetic" and augment not in (None, "none"):
+    if name == "synthetic" and augment != "none":
         raise ValueError(f"synthetic takes no augmentation (it would move the marks that tell "
                          f"look-alike objects apart); got augment={augment!r}, use 'none'")
     if image_size is not None and image_size < 1:
@@ -262,47 +465,22 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
                          f"size {eval_spec['crop_size']}; drop image_size or use matching weights")
 
 
-def default_augment(name: str, *, pretrained: bool, backbone_augment: str | None = None) -> str:
-    """The training augmentation when none is asked for (the only place that decides it).
-
-    synthetic: none (a flip or crop would move the marks that tell twin objects apart); CIFAR:
-    basic (pad-4 crop + flip); photo sets: the paper's RandAugment on released weights (the
-    authors' setting), else what the backbone checkpoint was trained with; from scratch, none on
-    a folder (a ViT-micro on 1,437 digit scans: 96% top-1 with none, 42% with `basic`'s pad-crop,
-    docs/real_images.md), basic on the large photo sets."""
-    if name == "synthetic" or (name == "folder" and not pretrained and backbone_augment is None):
-        return "none"
-    if name in CIFAR_STATS:
-        return "basic"
-    if pretrained:
-        return "paper"
-    if backbone_augment is not None:
-        return backbone_augment
-    return "basic"
-
-
 def build_datasets(name: str, root: str | None = None, *, image_size: int | None = None,
-                   eval_spec: dict | None = None, augment: str | None = None,
+                   eval_spec: dict | None = None, augment: str = "none",
                    classes: int | str | None = None, max_per_class: int | None = None,
                    download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
                    weights_name: str | None = None, eval_framing: str = "weights",
-                   decode_budget_bytes: int = DECODE_BUDGET_BYTES, pipeline: str = "tensor",
                    on_device: bool = False) -> tuple[Dataset, Dataset, DataInfo]:
     """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
 
-    `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS;
-    None means `default_augment`'s. `decode_budget_bytes=0` streams every set.
+    `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS
+    (inputs/transforms.py); the default, none, trains on the eval framing.
     `eval_framing` (EVAL_FRAMINGS): the val split's framing, the weights' own or the authors'.
-    `pipeline` (PIPELINES): how image files are decoded and framed, uint8 tensors or PIL.
     `on_device`: items are uint8, and a set's `batch_transform` (device_split) finishes a batch
     on the device; build_loader(..., device=) applies it.
     """
-    if pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
                    max_per_class=max_per_class, augment=augment, eval_framing=eval_framing)
-    if augment is None:
-        augment = default_augment(name, pretrained=eval_spec is not None)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
                                              augment=augment, eval_framing=eval_framing)
     train_tail = val_tail = None
@@ -323,13 +501,11 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
             name, root, train_tf=train_tf, val_tf=val_tf, download=download)
     elif name in ("imagenet", "folder"):
         train, val = build_image_folder(name, root, classes=classes, max_per_class=max_per_class,
-                                        train_tf=train_tf, val_tf=val_tf,
-                                        load=PIPELINES[pipeline])
+                                        train_tf=train_tf, val_tf=val_tf)
         class_names = train.class_names
     else:
         build = build_places365 if name == "places365" else build_inat2018
-        train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download,
-                                        load=PIPELINES[pipeline])
+        train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download)
     info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
                     class_names=class_names, augment=augment, coarse_of_class=coarse_of_class,
                     coarse_names=coarse_names)
@@ -340,9 +516,8 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         raise ValueError(f"pretrained head of {weights_name or 'the weights'} has "
                          f"{expected_num_classes} classes but {name} has {info.num_classes}; use "
                          "--method vit to fine-tune a new head, or pick matching weights")
-    train.batch_transform, val.batch_transform = train_tail, val_tail
-    if name in ("imagenet", "folder"):  # last: every check above runs before any decoding
-        decode_within_budget([train, val], budget_bytes=decode_budget_bytes)
+    train.batch_transform = train_tail
+    val.batch_transform = val_tail
     return train, val, info
 
 

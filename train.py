@@ -32,7 +32,7 @@ import llb
 import recipes
 import vit
 from inputs import pretrained
-from data import AUGMENTS, EVAL_FRAMINGS  # TEMP: inputs.transforms after the data merge
+from inputs.transforms import AUGMENTS, EVAL_FRAMINGS
 from plotting import curves
 from util import cli, distributed, evaluate, rundir
 from util.checkpoint import (capture, check_same_data, configs_of, load_checkpoint,

@@ -1,2 +1,3 @@
-"""What a run reads: released ViT weights by name (pretrained.py), image files and folders
-(images.py), and the built-in synthetic set (synthetic.py)."""
+"""What feeds a model besides the dataset files (data.py reads those): released ViT weights by
+name (pretrained.py), how an image becomes the model's input (transforms.py; its GPU part,
+on_device.py), and the built-in synthetic set (synthetic.py)."""

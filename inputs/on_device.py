@@ -9,7 +9,7 @@ shared memory and the pinned copy. An 8-GPU ImageNet run is loader-bound
 loaders turn it on where the device is CUDA. On the CPU the loader processes keep the whole
 transform (RandAugment's PIL kernels are ~3x faster there than these tensor kernels).
 
-    tail = torch.nn.Sequential(BatchRandAugment(3, 9), data.ToNormalized(mean, std))
+    tail = torch.nn.Sequential(BatchRandAugment(3, 9), transforms.ToNormalized(mean, std))
     for x, y in OnDevice(loader, device, tail): ...  # x: (B, 3, H, W) float32 on `device`
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ class BatchRandAugment(torch.nn.Module):
     through torchvision's kernel for it together; all that drew a shear, translate or rotate go
     through one grid_sample (`warp`: torchvision's grid math, batched, as its own kernel copies
     each matrix to the device and so waits for the GPU).
-    Note: tensor kernels, not PIL's (as data.AsPIL): 0.06-0.17 uint8 levels apart on average,
+    Note: tensor kernels, not PIL's (as transforms.AsPIL): 0.06-0.17 uint8 levels apart on average,
     but where a rotate or shear rounds differently an edge pixel can differ fully
     (benchmark_data.py --jpeg, docs/performance.md).
     """

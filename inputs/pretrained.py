@@ -24,9 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vit
+from inputs.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _WIDTH_TO_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # heads are not visible in shapes
 
 

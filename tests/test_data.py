@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 import data
-from inputs import named_sets, synthetic
+from inputs import synthetic, transforms
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -60,12 +60,12 @@ def _png(path, size, colour=(200, 30, 90)):
 
 # ----------------------------------------------------------------------------- synthetic
 def test_synthetic_is_deterministic_per_seed():
-    a = data.SyntheticObjects("train", num_images=300, seed=3)
-    b = data.SyntheticObjects("train", num_images=300, seed=3)
+    a = synthetic.SyntheticObjects("train", num_images=300, seed=3)
+    b = synthetic.SyntheticObjects("train", num_images=300, seed=3)
     assert torch.equal(a.images, b.images) and a.targets == b.targets
-    c = data.SyntheticObjects("train", num_images=300, seed=4)
+    c = synthetic.SyntheticObjects("train", num_images=300, seed=4)
     assert not torch.equal(a.images, c.images)
-    val = data.SyntheticObjects("val", num_images=300, seed=3)
+    val = synthetic.SyntheticObjects("val", num_images=300, seed=3)
     assert not torch.equal(a.images, val.images)
 
 
@@ -85,7 +85,7 @@ def test_synthetic_build_sizes_balance_and_items():
 
 
 def test_synthetic_label_follows_the_ranking_rule():
-    ds = data.SyntheticObjects("train", num_images=2000, seed=1)
+    ds = synthetic.SyntheticObjects("train", num_images=2000, seed=1)
     rank_of = torch.empty(12, dtype=torch.long)
     rank_of[torch.tensor(synthetic.RANKING)] = torch.arange(12)
     assert torch.equal(rank_of[ds.objects].min(1).values, torch.tensor(ds.targets))
@@ -122,12 +122,13 @@ def test_cifar10_sizes_labels_and_transforms(cifar_root):
     root, _ = cifar_root
     train, val, info = data.build_datasets("cifar10", str(root))
     assert (len(train), len(val)) == (100, 20) and info.num_classes == 10
-    assert info.class_names[3] == "c10_3" and info.image_size == 32 and info.augment == "basic"
+    assert info.class_names[3] == "c10_3" and info.image_size == 32
+    assert info.augment == "none"  # the library's default: no augmentation unless asked
     assert data.build_loader(train, batch_size=10, train=True).num_workers == 0
     assert train.targets[:3] == [0, 1, 2] and val.targets[:3] == [5, 6, 7]
     x, y = val[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 5
-    mean, std = (torch.tensor(s)[:, None, None] for s in data.CIFAR_STATS["cifar10"])
+    mean, std = (torch.tensor(s)[:, None, None] for s in transforms.CIFAR_STATS["cifar10"])
     expected = (torch.tensor(val.data[0]).permute(2, 0, 1) / 255 - mean) / std
     assert torch.allclose(x, expected, atol=1e-5)
     big_train, big_val, big = data.build_datasets("cifar10", str(root), image_size=64)
@@ -156,7 +157,7 @@ def test_cifar_augmentations(cifar_root):
     assert torch.equal(train[0][0], val.transform(Image.fromarray(train.data[0])))  # none
     # basic: the 32 px image zero-padded by 4, cropped at a random offset, maybe flipped
     train, _, _ = data.build_datasets("cifar10", str(root), augment="basic")
-    mean, std = (torch.tensor(s)[:, None, None] for s in data.CIFAR_STATS["cifar10"])
+    mean, std = (torch.tensor(s)[:, None, None] for s in transforms.CIFAR_STATS["cifar10"])
     padded = torch.nn.functional.pad(torch.tensor(train.data[0]).permute(2, 0, 1), (4,) * 4)
     crops = [padded[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
     crops += [c.flip(-1) for c in crops]
@@ -254,7 +255,7 @@ def _labels(loader):
 
 
 def test_train_loader_shuffles_by_seed_and_drops_last():
-    ds = data.SyntheticObjects("val", num_images=100)
+    ds = synthetic.SyntheticObjects("val", num_images=100)
     loader = data.build_loader(ds, batch_size=16, train=True, seed=5)
     assert loader.num_workers == 0 and not loader.persistent_workers  # in-memory set
     assert len(loader) == 6 and len(_labels(loader)) == 96
@@ -275,7 +276,7 @@ def test_train_loader_shuffles_by_seed_and_drops_last():
 
 
 def test_eval_loader_keeps_order_and_everything():
-    val = data.SyntheticObjects("val", num_images=9)
+    val = synthetic.SyntheticObjects("val", num_images=9)
     loader = data.build_loader(val, batch_size=4, train=False, workers=0, pin_memory=False)
     assert _labels(loader) == val.targets  # 9 items, last batch of 1 kept
     streamed = torch.utils.data.TensorDataset(torch.zeros(8, 3))  # no in_memory attribute
@@ -295,7 +296,7 @@ def test_default_workers_share_the_machine_s_cores_among_its_ranks(monkeypatch):
 
 
 def test_distributed_train_loader_uses_distributed_sampler():
-    ds = data.SyntheticObjects("val", num_images=101)
+    ds = synthetic.SyntheticObjects("val", num_images=101)
     loaders = [data.build_loader(ds, batch_size=10, train=True, rank=r, world_size=2, seed=1)
                for r in range(2)]
     assert all(isinstance(l.sampler, DistributedSampler) for l in loaders)
@@ -307,7 +308,7 @@ def test_distributed_train_loader_uses_distributed_sampler():
 
 
 def test_distributed_eval_shards_are_disjoint_and_cover_everything():
-    ds = data.SyntheticObjects("val", num_images=101)
+    ds = synthetic.SyntheticObjects("val", num_images=101)
     loaders = [data.build_loader(ds, batch_size=8, train=False, rank=r, world_size=2)
                for r in range(2)]
     shards = [list(l.sampler) for l in loaders]
@@ -319,7 +320,7 @@ def test_distributed_eval_shards_are_disjoint_and_cover_everything():
 
 
 # ----------------------------------------------------------------------------- ImageNet-ReaL
-NUMBER_OF_CLASS = [(7919 * k) % named_sets.REAL_IMAGES + 1 for k in range(1000)]  # distinct, shuffled
+NUMBER_OF_CLASS = [(7919 * k) % data.REAL_IMAGES + 1 for k in range(1000)]  # distinct, shuffled
 
 
 @pytest.fixture
@@ -332,7 +333,7 @@ def imagenet_real(tmp_path):
     root = tmp_path / "imagenet"
     jpeg = tmp_path / "tiny.jpg"
     Image.new("RGB", (4, 4), (90, 120, 30)).save(jpeg, "JPEG")
-    entries = [[] for _ in range(named_sets.REAL_IMAGES)]
+    entries = [[] for _ in range(data.REAL_IMAGES)]
     for k in range(1000):
         wnid = f"n{1000000 + k:08d}"
         for split, file in (("train", "a.JPEG"),
@@ -347,50 +348,49 @@ def imagenet_real(tmp_path):
 
 def test_real_labels_follow_the_file_numbers_and_score_a_known_answer(imagenet_real):
     root, real_json, entries = imagenet_real
-    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4, decode_budget_bytes=0)
-    labels = named_sets.read_real_labels(real_json, val)
+    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4)
+    labels = data.read_real_labels(real_json, val)
     assert labels == [entries[NUMBER_OF_CLASS[k] - 1] for k in val.targets]
     assert labels[150] == [150] and labels[42] == [] and labels[700] == [701, 702]
     # predicting the folder label is right for 100 <= k < 600; classes k < 100 are not counted
-    assert named_sets.real_hits(torch.tensor(val.targets), labels) == (500, 900)
-    assert named_sets.real_hits(torch.tensor([3, 5, 7, 1]), [[3], [], [6, 7], [2]]) == (2, 3)
+    assert data.real_hits(torch.tensor(val.targets), labels) == (500, 900)
+    assert data.real_hits(torch.tensor([3, 5, 7, 1]), [[3], [], [6, 7], [2]]) == (2, 3)
     with pytest.raises(ValueError, match=r"one predicted class per image: pred of shape "
                                          r"\(2, 2\) for 4 label lists"):
-        named_sets.real_hits(torch.zeros(2, 2), [[3], [], [6, 7], [2]])
+        data.real_hits(torch.zeros(2, 2), [[3], [], [6, 7], [2]])
 
 
 def test_real_labels_errors(imagenet_real, tmp_path):
     root, real_json, entries = imagenet_real
-    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4, decode_budget_bytes=0)
-    _, subset, _ = data.build_datasets("imagenet", str(root), image_size=4, classes=2,
-                                       decode_budget_bytes=0)
+    _, val, _ = data.build_datasets("imagenet", str(root), image_size=4)
+    _, subset, _ = data.build_datasets("imagenet", str(root), image_size=4, classes=2)
     with pytest.raises(ValueError, match=r"all 1000 ImageNet classes in wnid-sorted order, but "
                                          r"this validation set has 2 classes.*no --classes"):
-        named_sets.read_real_labels(real_json, subset)
+        data.read_real_labels(real_json, subset)
     reordered = tmp_path / "reordered.txt"
     reordered.write_text("\n".join(reversed(val.class_names)))
     _, shuffled, _ = data.build_datasets("imagenet", str(root), image_size=4,
-                                         classes=str(reordered), decode_budget_bytes=0)
+                                         classes=str(reordered))
     with pytest.raises(ValueError, match=r"wnid-sorted order, but this validation set has 1000"):
-        named_sets.read_real_labels(real_json, shuffled)
+        data.read_real_labels(real_json, shuffled)
     renamed = val.samples[3][0].replace(os.path.basename(val.samples[3][0]), "photo.JPEG")
     val.samples[3] = (renamed, val.samples[3][1])
     with pytest.raises(ValueError, match=rf"validation image {renamed} is not named "
                                          r"ILSVRC2012_val_00000001\.JPEG"):
-        named_sets.read_real_labels(real_json, val)
+        data.read_real_labels(real_json, val)
     entries[17] = [4, 1000]
     (tmp_path / "bad_label.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"bad_label\.json: entry 17 holds label 1000, outside "
                                          r"the 1000 ImageNet classes"):
-        named_sets.read_real_labels(tmp_path / "bad_label.json", val)
+        data.read_real_labels(tmp_path / "bad_label.json", val)
     (tmp_path / "short.json").write_text(json.dumps(entries[:-1]))
     with pytest.raises(ValueError, match=r"short\.json must be a JSON list of 50000 lists"):
-        named_sets.read_real_labels(tmp_path / "short.json", val)
+        data.read_real_labels(tmp_path / "short.json", val)
     (tmp_path / "text.json").write_text("not json")
     with pytest.raises(ValueError, match=r"text\.json is not JSON .*reassessed-imagenet"):
-        named_sets.read_real_labels(tmp_path / "text.json", val)
+        data.read_real_labels(tmp_path / "text.json", val)
     with pytest.raises(FileNotFoundError, match=r"absent\.json does not exist; download real"):
-        named_sets.read_real_labels(tmp_path / "absent.json", val)
+        data.read_real_labels(tmp_path / "absent.json", val)
 
 
 def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tmp_path):
@@ -414,7 +414,7 @@ def test_real_top1_end_to_end_through_eval_only_and_two_shards(imagenet_real, tm
     assert results["top1_real_visual"] == pytest.approx(100 * 2 / 900)
     # two ranks' shards (rank::2), evaluated apart: their ReaL counts add up to the whole
     _, val, _ = data.build_datasets("imagenet", str(root), image_size=32)
-    real = named_sets.read_real_labels(real_json, val)
+    real = data.read_real_labels(real_json, val)
     counted = 0
     hits = 0
     for rank in (0, 1):

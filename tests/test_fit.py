@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-import data
 import llb
 import recipes
 import train
+from inputs import transforms
 
 
 def image_folder(root, *, side, per_class, classes=2, val_per_class=2):
@@ -98,7 +98,7 @@ def kept_fraction(transform, side: int, draws: int = 200) -> float:
 
 
 def test_basic_never_crops_away_most_of_a_small_image():
-    train_tf, _, size = data.make_transforms("folder", image_size=32, eval_spec=None,
+    train_tf, _, size = transforms.make_transforms("folder", image_size=32, eval_spec=None,
                                              augment="basic")
     steps = train_tf.transforms
     assert size == 32 and not any(isinstance(s, v2.RandomResizedCrop) for s in steps)
@@ -108,11 +108,11 @@ def test_basic_never_crops_away_most_of_a_small_image():
     assert not any(isinstance(s, v2.RandomHorizontalFlip) for s in steps)  # a folder: no flip
     # at 224 px: a random-resized crop of at least half of a folder image's area; ImageNet keeps
     # the standard (0.08, 1) of its many images, and its flip
-    train_tf, _, _ = data.make_transforms("folder", image_size=224, eval_spec=None,
+    train_tf, _, _ = transforms.make_transforms("folder", image_size=224, eval_spec=None,
                                           augment="basic")
     resized = next(s for s in train_tf.transforms if isinstance(s, v2.RandomResizedCrop))
     assert resized.scale == (0.5, 1.0)
-    train_tf, _, _ = data.make_transforms("imagenet", image_size=224, eval_spec=None,
+    train_tf, _, _ = transforms.make_transforms("imagenet", image_size=224, eval_spec=None,
                                           augment="basic")
     resized = next(s for s in train_tf.transforms if isinstance(s, v2.RandomResizedCrop))
     assert resized.scale == (0.08, 1.0)

@@ -1,4 +1,4 @@
-"""Tests for inputs/images.py: image modes, image folders, iNat 2018, decoding once into memory."""
+"""Tests for data.py's image files: image modes, image folders, iNat 2018, their transforms."""
 import json
 import os
 import struct
@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF2  # noqa: N812
 
 import benchmark_data
 import data
-from inputs import images
+from inputs import transforms
 
 SPEC = {"resize_size": 40, "crop_size": 36, "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -54,7 +54,7 @@ def _textured_folder(root, *, sizes=((32, 32),), per_class=6):
 
 # ----------------------------------------------------------------------------- image modes
 def _rgb(path):
-    return np.asarray(images.load_rgb(str(path)))  # (H, W, 3) uint8
+    return np.asarray(data.load_rgb(str(path)))  # (H, W, 3) uint8
 
 
 def _png16_rgb(path, rgb):
@@ -89,10 +89,10 @@ def test_32_bit_integer_and_float_images_are_scaled_or_refused(tmp_path):
     Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "wide.tif")
     with pytest.raises(RuntimeError, match=r"wide\.tif .*mode I pixel values span \[0, 70000\], "
                                            r"outside the 0\.\.65535.*16-bit PNG"):
-        images.load_rgb(str(tmp_path / "wide.tif"))
+        data.load_rgb(str(tmp_path / "wide.tif"))
     Image.fromarray(np.array([[0.0, 255.0]], dtype=np.float32)).save(tmp_path / "f255.tif")
     with pytest.raises(RuntimeError, match=r"f255\.tif .*mode F .*outside the 0\.\.1 "):
-        images.load_rgb(str(tmp_path / "f255.tif"))
+        data.load_rgb(str(tmp_path / "f255.tif"))
 
 
 def test_16_bit_rgb_png_keeps_the_high_byte(tmp_path):
@@ -131,7 +131,7 @@ def test_palette_alpha_cmyk_and_bilevel_modes(tmp_path):
 # ----------------------------------------------------------------------------- folders
 def test_folder_sizes_labels_and_paper_transforms(folder_root):
     train, val, info = data.build_datasets("folder", str(folder_root), image_size=32,
-                                           augment="paper", decode_budget_bytes=0)
+                                           augment="paper")
     assert info.class_names == ["cat", "dog", "eel"] and info.num_classes == 3
     assert (len(train), len(val)) == (15, 9)  # .JPEG counted, .txt not
     assert train.targets == [0] * 5 + [1] * 5 + [2] * 5
@@ -140,7 +140,7 @@ def test_folder_sizes_labels_and_paper_transforms(folder_root):
         x, y = ds[1]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
     x, _ = val[0]  # a solid colour survives resize and crop unchanged
-    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+    mean, std = torch.tensor(transforms.IMAGENET_MEAN), torch.tensor(transforms.IMAGENET_STD)
     expected = (torch.tensor([200, 30, 90]) / 255 - mean) / std
     assert torch.allclose(x, expected[:, None, None].expand(3, 32, 32), atol=2e-2)
     assert [type(t).__name__ for t in train.transform.transforms] == [
@@ -162,7 +162,7 @@ def _framed(path, resize, interpolation, crop=224):
     """Resize (shorter side) -> CenterCrop -> normalized with AugReg's 0.5, in plain calls on the
     file's uint8 tensor (the default pipeline)."""
     mode = TF.InterpolationMode(interpolation)
-    framed = TF2.center_crop(TF2.resize(images.load_uint8(path), resize, interpolation=mode), crop)
+    framed = TF2.center_crop(TF2.resize(data.load_uint8(path), resize, interpolation=mode), crop)
     return (framed.float() / 255 - 0.5) / 0.5
 
 
@@ -170,28 +170,26 @@ def test_paper_augmentation_trains_on_the_authors_256_framing_whatever_the_weigh
     """The authors train on Resize 256 bilinear -> CenterCrop 224 -> RandAugment(3, 9) (their
     dataset/__init__.py), also on AugReg weights whose eval resize is 248; SWAG: 384 -> 384."""
     root = _textured_folder(tmp_path / "f", sizes=((300, 260),), per_class=1)
-    train, val, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG, augment="paper",
-                                        decode_budget_bytes=0)
+    train, val, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG, augment="paper")
     resize, crop, randaugment = train.transform.transforms[:3]
     assert (resize.size, resize.interpolation.value, crop.size) == ([256], "bilinear", (224, 224))
     assert (randaugment.transform.num_ops, randaugment.transform.magnitude) == (3, 9)
     # the framing before RandAugment is the authors' 256 one, pixel for pixel
     framing = train.transform.transforms[:2] + train.transform.transforms[3:]
-    x = torch.nn.Sequential(*framing)(images.load_uint8(train.samples[0][0]))
+    x = torch.nn.Sequential(*framing)(data.load_uint8(train.samples[0][0]))
     assert torch.allclose(x, _framed(train.samples[0][0], 256, "bilinear"), atol=1e-6)
     # evaluation keeps the weights' own framing (AugReg: 248 bicubic) by default
     assert val.transform.transforms[0].size == [248]
     swag = dict(AUGREG, resize_size=384, crop_size=384)
-    train, _, _ = data.build_datasets("folder", str(root), eval_spec=swag, augment="paper",
-                                      decode_budget_bytes=0)
+    train, _, _ = data.build_datasets("folder", str(root), eval_spec=swag, augment="paper")
     assert [tuple(t.size) for t in train.transform.transforms[:2]] == [(384,), (384, 384)]
 
 
 def test_eval_framing_authors_is_resize_256_bicubic_center_crop_224(tmp_path):
     root = _textured_folder(tmp_path / "f", sizes=((300, 260),), per_class=1)
-    _, own, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG, decode_budget_bytes=0)
+    _, own, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG)
     _, theirs, _ = data.build_datasets("folder", str(root), eval_spec=AUGREG,
-                                       eval_framing="authors", decode_budget_bytes=0)
+                                       eval_framing="authors")
     path = theirs.samples[0][0]
     assert torch.allclose(theirs[0][0], _framed(path, 256, "bicubic"), atol=1e-6)
     assert torch.allclose(own[0][0], _framed(path, 248, "bicubic"), atol=1e-6)
@@ -203,7 +201,7 @@ def test_eval_framing_authors_is_resize_256_bicubic_center_crop_224(tmp_path):
 def test_basic_and_none_augmentation_of_photo_sets(tmp_path):
     root = _textured_folder(tmp_path / "f")
     train, val, info = data.build_datasets("folder", str(root), image_size=32)
-    assert info.augment == "none"  # a folder from scratch: its default
+    assert info.augment == "none"  # the library's default: no augmentation unless asked
     train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="basic")
     # at 32 px: the eval framing, then a crop of it padded by 4 px; a folder is never flipped
     assert [type(t).__name__ for t in train.transform.transforms][:3] == [
@@ -213,7 +211,7 @@ def test_basic_and_none_augmentation_of_photo_sets(tmp_path):
     train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="none")
     assert info.augment == "none"
     for i in (0, 5, 9):  # the eval framing
-        assert torch.equal(train[i][0], val.transform(images.load_uint8(train.samples[i][0])))
+        assert torch.equal(train[i][0], val.transform(data.load_uint8(train.samples[i][0])))
 
 
 def test_eval_spec_sets_the_val_transform_exactly(folder_root):
@@ -278,7 +276,7 @@ def test_folder_layout_errors(folder_root, tmp_path):
                                                  "folder"):
         data.build_datasets("folder", str(tmp_path / "a_file"))
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/a_file is a file, expected a folder"):
-        images.build_image_folder("folder", str(tmp_path / "a_file"), classes=None,
+        data.build_image_folder("folder", str(tmp_path / "a_file"), classes=None,
                                   max_per_class=None, train_tf=None, val_tf=None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty is empty.*expected layout"):
@@ -302,13 +300,10 @@ def test_folder_layout_errors(folder_root, tmp_path):
 def test_corrupt_image_raises_naming_the_file(folder_root):
     bad = folder_root / "val" / "dog" / "img1.png"
     bad.write_bytes(b"these bytes are not a PNG")
-    _, val, _ = data.build_datasets("folder", str(folder_root), image_size=32,
-                                    decode_budget_bytes=0)
+    _, val, _ = data.build_datasets("folder", str(folder_root), image_size=32)
     index = [p for p, _ in val.samples].index(str(bad))
     with pytest.raises(RuntimeError, match=rf"cannot read image file {bad}"):
-        val[index]  # streamed: when the image is read
-    with pytest.raises(RuntimeError, match=rf"cannot read image file {bad}"):
-        data.build_datasets("folder", str(folder_root), image_size=32)  # decoded: before work
+        val[index]  # when the image is read
 
 
 # ----------------------------------------------------------------------------- iNat 2018
@@ -346,73 +341,13 @@ def test_inat2018_missing_json_error(tmp_path):
         data.build_datasets("inat2018", str(tmp_path))
 
 
-# ----------------------------------------------------------------------------- decoding once
-def test_decoded_once_gives_the_streamed_eval_tensors_exactly(tmp_path):
-    root = _textured_folder(tmp_path / "f", sizes=((32, 32), (41, 30), (50, 64)))
-    train, val, info = data.build_datasets("folder", str(root), image_size=32, augment="none")
-    s_train, s_val, _ = data.build_datasets("folder", str(root), image_size=32, augment="none",
-                                            decode_budget_bytes=0)
-    assert train.in_memory and val.in_memory and not s_train.in_memory and not s_val.in_memory
-    assert val.images.shape == (18, 3, 32, 32) and val.images.dtype == torch.uint8
-    # Tolerance 0: the framing (Resize, CenterCrop) runs once in PIL at decode time, the same
-    # calls streaming makes every epoch; per item only ToDtype -> Normalize run (PILToTensor
-    # passes tensors through).
-    streamed = [s_val[i][0] for i in range(len(val))]
-    for i in range(len(val)):
-        assert torch.equal(val[i][0], streamed[i]) and val[i][1] == s_val[i][1]
-        assert torch.equal(train[i][0], s_train[i][0])
-    assert data.build_loader(train, batch_size=4, train=True).num_workers == 0
-    assert data.build_loader(s_train, batch_size=4, train=True).num_workers == max(
-        1, len(os.sched_getaffinity(0)) - 1)
-    for path, _ in train.samples + val.samples:  # an epoch decodes nothing: files not needed
-        os.remove(path)
-    assert all(torch.equal(val[i][0], streamed[i]) for i in range(len(val)))
-    assert len([y for _, y in data.build_loader(train, batch_size=4, train=True)]) == 4
-
-
-def test_decoded_basic_crops_match_the_streamed_ones_for_the_same_seed(tmp_path):
-    root = _textured_folder(tmp_path / "f")  # all 32 x 32: stored as they are
-    train, _, _ = data.build_datasets("folder", str(root), image_size=32, augment="basic")
-    streamed, _, _ = data.build_datasets("folder", str(root), image_size=32, augment="basic",
-                                         decode_budget_bytes=0)
-    assert train.in_memory and train.images.shape == (18, 3, 32, 32)
-    std = torch.tensor(data.IMAGENET_STD)[:, None, None]
-    for i in range(len(train)):
-        torch.manual_seed(i)
-        decoded = train[i][0]
-        torch.manual_seed(i)
-        # The same RNG draws pick the crop and flip; torchvision's antialiased uint8 resize
-        # reproduces PIL's to within one grey level (here: exactly).
-        assert ((decoded - streamed[i][0]).abs() * std).max() <= 1 / 255 + 1e-6
-
-
-def test_what_cannot_be_decoded_into_one_tensor_streams(tmp_path):
-    root = _textured_folder(tmp_path / "f", sizes=((32, 32), (40, 32)))
-    train, val, _ = data.build_datasets("folder", str(root), image_size=80, augment="basic")
-    assert not train.in_memory  # above 64 px: random-resized crops of images of two sizes
-    assert val.in_memory  # the eval framing makes every image 80 x 80
-    train, _, _ = data.build_datasets("folder", str(root), image_size=32, augment="basic")
-    assert train.in_memory  # at 32 px: framed once, then padded and cropped
-    for c in range(3):  # val: 15 images, train: 18
-        os.remove(root / "val" / f"c{c}" / "0.png")
-    one_set = 18 * 3 * 32 * 32  # bytes of the 18 train images as uint8 at 32 px
-    train, val, _ = data.build_datasets("folder", str(root), image_size=32, augment="none",
-                                        decode_budget_bytes=one_set)
-    assert train.in_memory and not val.in_memory  # one budget, train first
-    train, val, _ = data.build_datasets("folder", str(root), image_size=32, augment="none",
-                                        decode_budget_bytes=one_set - 1)
-    assert not train.in_memory and val.in_memory  # the train set did not fit, val did
-    assert torch.equal(val[3][0], data.build_datasets(
-        "folder", str(root), image_size=32, augment="none", decode_budget_bytes=0)[1][3][0])
-
-
-def test_benchmark_data_compares_the_three_loaders(capsys):
+# ----------------------------------------------------------------------------- benchmark
+def test_benchmark_data_compares_the_streamed_folder_with_the_tensor_dataset(capsys):
     benchmark_data.main(["--train-per-class", "13", "--val-per-class", "1", "--epochs", "1",
                          "--augment", "basic"])  # one batch of 128 per epoch
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| (")]
     workers = str(data.default_workers(1))  # the loader's default for a streamed set
     assert [(r[0], r[1]) for r in rows] == [("| (a) streamed, basic", workers),
-                                            ("| (b) decoded once, basic", "0"),
-                                            ("| (c) TensorDataset", "0")]
-    assert rows[2][4] == "1.00x"  # the peer against itself
+                                            ("| (b) TensorDataset", "0")]
+    assert rows[1][4] == "1.00x"  # the peer against itself

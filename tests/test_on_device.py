@@ -1,18 +1,17 @@
 """Tests for inputs/on_device.py: the end of the pipeline run on a whole batch on the device.
 
 BatchRandAugment must draw RandAugment's ops and magnitudes and apply torchvision's v2 kernels
-image after image, data.ToNormalized must normalize a batch as it does each image,
-data.device_split must hand the device only what may move there, and a loader of such a set
-must give the tensors the loader processes give without it. Run here on the CPU: the device
+image after image, transforms.ToNormalized must normalize a batch as it does each image,
+transforms.device_split must hand the device only what may move there, and a loader of such a
+set must give the tensors the loader processes give without it. Run here on the CPU: the device
 code is the same on CUDA.
 """
 import pytest
 import torch
-from torchvision.transforms import v2
 
 import data
 import train
-from inputs import on_device
+from inputs import on_device, transforms
 from tests.test_pipeline import _jpeg_folder
 
 # the device code runs here on the CPU; where CUDA is present (../shared/GPU.md) on it too
@@ -56,8 +55,8 @@ def test_batch_randaugment_applies_v2s_ops_image_after_image(device):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync exists only with CUDA")
 def test_the_device_part_makes_no_host_sync():
-    tail = torch.nn.Sequential(on_device.BatchRandAugment(num_ops=3, magnitude=9),
-                               data.ToNormalized(data.IMAGENET_MEAN, data.IMAGENET_STD)).cuda()
+    normalize = transforms.ToNormalized(transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    tail = torch.nn.Sequential(on_device.BatchRandAugment(num_ops=3, magnitude=9), normalize).cuda()
     x = _images(n=64).pin_memory().cuda(non_blocking=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -121,9 +120,9 @@ def test_ddp_ranks_seeded_alike_draw_their_own_slice_of_the_global_batch(monkeyp
 
 def test_to_normalized_normalizes_a_batch_as_each_image():
     x = _images(n=5, size=17)
-    mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
-    expected = torch.stack([data.ToNormalized(mean, std)(image) for image in x])
-    got = data.ToNormalized(mean, std)(x)
+    mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+    expected = torch.stack([transforms.ToNormalized(mean, std)(image) for image in x])
+    got = transforms.ToNormalized(mean, std)(x)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, expected)
 
@@ -133,34 +132,32 @@ def _kinds(steps):
 
 
 def test_device_split_moves_the_normalize_and_a_final_randaugment_only():
-    train, val, _ = data.make_transforms("imagenet", image_size=None, eval_spec=None,
-                                         augment="paper")
-    worker, tail = data.device_split(train)
+    train, val, _ = transforms.make_transforms("imagenet", image_size=None, eval_spec=None,
+                                               augment="paper")
+    worker, tail = transforms.device_split(train)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
     assert _kinds(tail) == ["BatchRandAugment", "ToNormalized"]
-    worker, tail = data.device_split(val)
+    worker, tail = transforms.device_split(val)
     assert _kinds(worker.transforms) == ["Resize", "CenterCrop", "PILToTensor"]
     assert _kinds(tail) == ["ToNormalized"]
     # CIFAR on released weights: a resize follows RandAugment, so it stays in the worker
     spec = {"resize_size": 64, "crop_size": 64, "interpolation": "bicubic",
             "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    train, _, _ = data.make_transforms("cifar10", image_size=None, eval_spec=spec,
-                                       augment="paper")
-    worker, tail = data.device_split(train)
+    train, _, _ = transforms.make_transforms("cifar10", image_size=None, eval_spec=spec,
+                                             augment="paper")
+    worker, tail = transforms.device_split(train)
     assert "AsPIL" in _kinds(worker.transforms) and _kinds(tail) == ["ToNormalized"]
     # synthetic: float tensors, normalized by v2; nothing to move
-    train, _, _ = data.make_transforms("synthetic", image_size=None, eval_spec=None,
-                                       augment="none")
-    assert data.device_split(train) == (train, None)
+    train, _, _ = transforms.make_transforms("synthetic", image_size=None, eval_spec=None,
+                                             augment="none")
+    assert transforms.device_split(train) == (train, None)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("budget", [0, data.DECODE_BUDGET_BYTES])  # streamed, decoded once
-def test_a_loader_on_the_device_gives_the_loader_processes_tensors(tmp_path, budget, device):
+def test_a_loader_on_the_device_gives_the_loader_processes_tensors(tmp_path, device):
     root = _jpeg_folder(tmp_path / "f")
-    kw = dict(augment="none", decode_budget_bytes=budget)
-    plain = data.build_datasets("imagenet", str(root), **kw)
-    moved = data.build_datasets("imagenet", str(root), on_device=True, **kw)
+    plain = data.build_datasets("imagenet", str(root), augment="none")
+    moved = data.build_datasets("imagenet", str(root), augment="none", on_device=True)
     assert moved[0][0][0].dtype == torch.uint8 and moved[0].batch_transform is not None
     for split, train in ((0, True), (1, False)):
         loaders = [data.build_loader(sets[split], batch_size=3, train=train, workers=0,
@@ -177,8 +174,7 @@ def test_a_loader_on_the_device_gives_the_loader_processes_tensors(tmp_path, bud
 
 def test_paper_on_the_device_augments_every_training_batch(tmp_path):
     root = _jpeg_folder(tmp_path / "f")
-    train, val, _ = data.build_datasets("imagenet", str(root), augment="paper", on_device=True,
-                                        decode_budget_bytes=0)
+    train, val, _ = data.build_datasets("imagenet", str(root), augment="paper", on_device=True)
     assert _kinds(train.batch_transform) == ["BatchRandAugment", "ToNormalized"]
     assert _kinds(val.batch_transform) == ["ToNormalized"]
     loader = data.build_loader(train, batch_size=6, train=True, workers=0, device="cpu")
@@ -192,12 +188,12 @@ def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
     """train.py end to end with the CUDA path (forced here on the CPU): both stages train on
     batches finished by BatchRandAugment + ToNormalized, and evaluate on ToNormalized's."""
     build = data.build_datasets
-    def build_on_device(*args, **kwargs):  # what recipe.build_loaders asks for on CUDA
+    def build_on_device(*args, **kwargs):  # what data.build_loaders asks for on CUDA
         return build(*args, **kwargs | {"on_device": True})
     monkeypatch.setattr(data, "build_datasets", build_on_device)
     calls = {"BatchRandAugment": 0, "ToNormalized": 0}
     for name, cls in (("BatchRandAugment", on_device.BatchRandAugment),
-                      ("ToNormalized", data.ToNormalized)):
+                      ("ToNormalized", transforms.ToNormalized)):
         forward = cls.forward
 
         def counted(self, x, forward=forward, name=name):

@@ -1,8 +1,9 @@
-"""Tests for the uint8 tensor pipeline (data.py's PIPELINES): the same pixels as PIL's, faster.
+"""Tests for the uint8 tensor pipeline: the same pixels as torchvision's PIL reference, faster.
 
-images.load_uint8 must decode what images.load_rgb decodes, data.AsPIL must run RandAugment as
-on a PIL image, data.ToNormalized must equal v2's ToDtype -> Normalize, and a folder read by
-the "tensor" pipeline must give the "pil" pipeline's tensors within a uint8 level.
+data.load_uint8 must decode what data.load_rgb decodes, transforms.AsPIL must run RandAugment
+as on a PIL image, transforms.ToNormalized must equal v2's ToDtype -> Normalize, and a folder's
+items must be the reference's (PIL decode, the same v2 steps on PIL images, ToDtype ->
+Normalize: benchmark_data.py's peer) within a uint8 level.
 """
 import io
 import re
@@ -15,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF2  # noqa: N812
 
 import benchmark_data
 import data
-from inputs import images
+from inputs import transforms
 
 
 def _photo(size=(90, 70), seed=0):
@@ -31,9 +32,9 @@ def _photo(size=(90, 70), seed=0):
 def test_load_uint8_decodes_a_jpeg_to_the_pixels_pil_gives(tmp_path, mode):
     path = tmp_path / "a.jpg"
     _photo().convert(mode).save(path, quality=90)
-    x = images.load_uint8(str(path))
+    x = data.load_uint8(str(path))
     assert x.shape == (3, 70, 90) and x.dtype == torch.uint8
-    assert torch.equal(x, TF2.pil_to_tensor(images.load_rgb(str(path))))
+    assert torch.equal(x, TF2.pil_to_tensor(data.load_rgb(str(path))))
 
 
 def test_load_uint8_reads_other_formats_through_pil(tmp_path):
@@ -42,7 +43,7 @@ def test_load_uint8_reads_other_formats_through_pil(tmp_path):
     rgba.putalpha(0)
     rgba.save(path)
     white = torch.full((3, 70, 90), 255, dtype=torch.uint8)
-    assert torch.equal(images.load_uint8(str(path)), white)
+    assert torch.equal(data.load_uint8(str(path)), white)
 
 
 def test_load_uint8_names_the_file_it_cannot_read(tmp_path):
@@ -51,14 +52,14 @@ def test_load_uint8_names_the_file_it_cannot_read(tmp_path):
     _photo().save(buffer, "JPEG", quality=90)
     path.write_bytes(buffer.getvalue()[:300])  # torchvision.io fails, then PIL says why
     with pytest.raises(RuntimeError, match=r"cannot read image file .*cut\.jpg.*never skipped"):
-        images.load_uint8(str(path))
+        data.load_uint8(str(path))
 
 
 def test_to_normalized_equals_v2_to_dtype_then_normalize():
     x = torch.randint(0, 256, (3, 17, 11), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-    out = data.ToNormalized(mean, std)(x)
+    out = transforms.ToNormalized(mean, std)(x)
     assert out.dtype == torch.float32 and out.shape == (3, 17, 11)
     assert torch.allclose(out, reference(x), atol=1e-6)
 
@@ -68,11 +69,11 @@ def test_as_pil_runs_randaugment_as_on_the_pil_image():
     randaugment = v2.RandAugment(num_ops=3, magnitude=9)
     for seed in range(5):
         torch.manual_seed(seed)
-        out = data.AsPIL(randaugment)(TF2.pil_to_tensor(image))
+        out = transforms.AsPIL(randaugment)(TF2.pil_to_tensor(image))
         torch.manual_seed(seed)
         expected = TF2.pil_to_tensor(randaugment(image))
         assert out.dtype == torch.uint8 and torch.equal(out, expected)
-    assert isinstance(data.AsPIL(randaugment)(image), Image.Image)  # PIL in, PIL out
+    assert isinstance(transforms.AsPIL(randaugment)(image), Image.Image)  # PIL in, PIL out
 
 
 def _jpeg_folder(root):
@@ -86,27 +87,21 @@ def _jpeg_folder(root):
 
 
 @pytest.mark.parametrize("augment", ["paper", "basic", "none"])
-def test_tensor_pipeline_gives_the_pil_pipeline_pixels_within_a_level(tmp_path, augment):
+def test_items_are_the_pil_reference_pixels_within_a_level(tmp_path, augment):
     root = _jpeg_folder(tmp_path / "f")
-    sets = {}
-    for pipeline in ("tensor", "pil"):
-        sets[pipeline] = data.build_datasets("imagenet", str(root), augment=augment,
-                                             pipeline=pipeline, decode_budget_bytes=0)
-    std = torch.tensor(data.IMAGENET_STD).view(3, 1, 1)
-    for split in (0, 1):  # train, val
+    train, val, _ = data.build_datasets("imagenet", str(root), augment=augment)
+    std = torch.tensor(transforms.IMAGENET_STD).view(3, 1, 1)
+    for dataset in (train, val):
+        reference = v2.Compose(benchmark_data.peer_steps(dataset.transform, v2_normalize=True))
+        assert not any(isinstance(step, transforms.AsPIL) for step in reference.transforms)
         for i in range(6):
-            draws = []
-            for pipeline in ("tensor", "pil"):
-                torch.manual_seed(i)  # the same augmentation draws
-                draws.append(sets[pipeline][split][i][0])
-            levels = ((draws[0] - draws[1]) * std * 255).abs()  # uint8 levels
-            assert draws[0].shape == (3, 224, 224)
+            torch.manual_seed(i)  # the same augmentation draws
+            ours = dataset[i][0]
+            torch.manual_seed(i)
+            theirs = reference(data.load_rgb(dataset.samples[i][0]))  # PIL throughout
+            levels = ((ours - theirs) * std * 255).abs()  # uint8 levels
+            assert ours.shape == theirs.shape == (3, 224, 224)
             assert levels.mean() < 0.5 and levels.quantile(0.99) <= 1.01
-
-
-def test_unknown_pipeline_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown pipeline 'fast'; choose one of \('tensor', "):
-        data.build_datasets("folder", str(_jpeg_folder(tmp_path / "f")), pipeline="fast")
 
 
 def test_benchmark_jpeg_prints_rates_agreement_and_cores(capsys):
