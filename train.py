@@ -69,12 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
       "default_augment: paper on released weights, none on synthetic or a folder, else basic)")
     g("--eval-framing", choices=EVAL_FRAMINGS, help="evaluation: the weights' own transform "
       "(AugReg: Resize 248) or the authors' (Resize 256 bicubic -> CenterCrop 224; SWAG 384)")
-    g("--workers", type=at_least(0), help="loader processes per rank (default: data."
-      "default_workers)")
+    g("--workers", type=at_least(0), help="loader processes per rank (data.default_workers)")
     g("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     g = p.add_argument_group("model").add_argument
-    g("--model", choices=list(vit.PRESETS), help="ViT preset from scratch (default: by the "
-      "data, recipes.py)")
+    g("--model", choices=list(vit.PRESETS), help="ViT preset from scratch (default: by the data)")
     g("--patch-size", type=at_least(1), help="patch of a ViT from scratch (default: by size)")
     g("--pretrained", help="released weights: torchvision ARCH:WEIGHTS (e.g. "
       "vit_b_16:IMAGENET1K_SWAG_E2E_V1), timm:TAG or mae:MODEL (inputs/pretrained.py)")
@@ -94,14 +92,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     off = dict(action="store_false", default=None)  # None: not given; False: switched off
     g("--no-disconnect", dest="disconnect", **off, help="ablation: N_0 = visual tokens")
     g("--no-diversity", dest="diversity", **off, help="ablation: no L_div")
-    g("--pos-embed", action="store_true", default=None, help="ablation: position embedding on "
-      "the LLB tokens")
+    g("--pos-embed", action="store_true", default=None, help="ablation: position embedding")
     g("--no-integrate", dest="integrate", **off, help="ablation: p_O = p_N")
     g("--unfreeze", dest="freeze_backbone", **off, help="train the backbone too (paper: frozen)")
     g = p.add_argument_group("optimization (defaults: the stage's, recipes.STAGES)").add_argument
     g("--epochs", type=at_least(1))
-    g("--llb-epochs", type=at_least(1), help="the LLB stage's (default: --epochs, else the "
-      "recipe's)")
+    g("--llb-epochs", type=at_least(1), help="the LLB stage's (default: --epochs, the recipe's)")
     g("--batch-size", type=at_least(1), help="per process")
     g("--lr", type=POSITIVE, help="peak learning rate")
     g("--llb-lr", type=POSITIVE, help="the LLB stage's (default: --lr, else the recipe's)")
@@ -306,23 +302,14 @@ def expected_time(r: recipes.Recipe, step_s: float, steps: int, epochs: int, val
                   *, cpu: bool) -> str:
     """The stage's expected wall time from a timed step; on a CPU, when long, what shortens it."""
     seconds = epochs * (steps + val_steps * EVAL_COST) * step_s
-    said = (f"[{r.stage}] expected ~{duration(seconds)} for {epochs} epochs x {steps} steps "
-            f"({step_s:.3g} s a step, timed as this run runs; evaluation estimated)")
+    said = (f"[{r.stage}] expected {tqdm.format_interval(seconds)} for {epochs} epochs x {steps} "
+            f"steps ({step_s:.3g} s a step, timed as this run runs; evaluation estimated)")
     if cpu and seconds > LONG_RUN_S:
         model = f", now {r.model}" if r.model else ""
-        said += (f"\nover {duration(LONG_RUN_S)} on a CPU; shorter: fewer epochs (--epochs, now "
+        said += (f"\nover {LONG_RUN_S // 3600} h on a CPU; shorter: fewer epochs (--epochs, now "
                  f"{r.epochs}; --llb-epochs), smaller images (--image-size, now {r.image_size}),"
                  f" a smaller model (--model{model}; see vit.PRESETS), or a GPU (--device cuda)")
     return said
-
-
-def duration(seconds: float) -> str:
-    """42 s, 12 min, 2.5 h."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def check_finite(first_bad: int, epoch: int, loss: float, r: recipes.Recipe) -> None:

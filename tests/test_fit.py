@@ -139,8 +139,8 @@ def test_a_folder_smaller_than_a_batch_trains_and_says_how_long(tmp_path, capsys
 def test_the_expected_time_adds_evaluation_and_says_what_shortens_a_long_cpu_run():
     r = recipes.plan(train.parse_args(["--method", "vit"]))[0][0]
     said = train.expected_time(r, 2.0, 10, 3, 6, cpu=True)  # 3 x (10 + 6 / 3) steps of 2 s
-    assert said.startswith("[vit] expected ~1 min for 3 epochs x 10 steps (2 s a step")
+    assert said.startswith("[vit] expected 01:12 for 3 epochs x 10 steps (2 s a step")
     assert "shorter" not in said
     long = train.expected_time(r, 200.0, 10, 3, 6, cpu=True)
-    assert "~2.0 h" in long and "--model, now micro" in long
+    assert "expected 2:00:00 for" in long and "--model, now micro" in long
     assert "shorter" not in train.expected_time(r, 200.0, 10, 3, 6, cpu=False)

@@ -13,7 +13,6 @@ import sys
 import torch
 import torch.distributed as dist
 
-USER_ERROR = 2  # exit code of a process that stopped on bad input (train.py's cli)
 SPAWNED = "LLB_SPAWNED"  # set in the processes `launch` starts (their parent holds the lock)
 # What torchrun (or `launch`) sets in each process; one without the others is a mistake
 VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
