@@ -1,37 +1,14 @@
 """Training and evaluation throughput and memory of this project's ViT, torchvision's
-VisionTransformer of the same configuration, and LLB on our (frozen) ViT.
+VisionTransformer of the same configuration, and LLB on our frozen ViT (the authors' sizes
+unless set), into <out-dir>/benchmark.json; on CUDA also the ViT train step's MFU.
 
     python benchmark.py                           # ViT-B/16 at 224 px; batch 8 on CPU, 128 on CUDA
     python benchmark.py --device cuda --compile   # the same, compiled
 
-What is measured, per model, in one process, on the same random batch (fixed seed; nothing is
-learned), with the same optimizer (AdamW, fused on CUDA, lr 1e-4, weight decay 0.05 on every
-parameter) and the same autocast setting (--amp):
-  * train step = forward under autocast + loss + backward + optimizer step (no grad clipping).
-      vit, torchvision_vit: cross-entropy, every parameter trains (a full fine-tune);
-      llb: llb.LLB.loss (CE(p_N, y) + lambda L_div), backbone frozen, only the branch trains.
-  * eval step  = forward in eval mode under torch.no_grad() (and autocast).
-  The three models are built one after the other (seeded) and all stay resident. Each phase
-  (train, then eval) first runs `warmup` untimed steps per model (torch.compile's compilation,
-  with --compile, happens there), then `steps` timed steps INTERLEAVED across models (step i of
-  vit, torchvision_vit, llb, then step i + 1), so that a machine shared with other work slows
-  all models alike. Each step is timed alone (torch.cuda.synchronize before each clock read on
-  CUDA) and the MEDIAN step time is reported: img/s = batch size / median step time.
-  * peak memory (MiB) = what building the model and its warm-up train steps add at their peak:
-      CUDA: torch.cuda.max_memory_allocated (after reset_peak_memory_stats) minus
-            memory_allocated before the model was built;
-      CPU:  peak process RSS (a thread reads /proc/self/statm every 5 ms; Linux only) minus the
-            RSS before the model was built; freed memory is handed back to the OS first
-            (gc.collect + malloc_trim) so that the baseline is honest.
-      With --compile, the CPU figure of the first model includes the compiler's own memory.
-      Either way: weights + gradients + optimizer state + activations of one train step (for
-      LLB: the frozen backbone's weights, the branch's gradients and state, no backbone graph).
-  * MFU of the ViT train step (CUDA only): model FLOPs (see vit_train_flops) / median step time
-    / the GPU's dense bf16 peak (PEAK_BF16 below; an unknown GPU gives None).
-LLB uses the authors' defaults (O = 2048 latent objects, depth 6, branch at block L - 1) unless
-set on the command line.
+How each figure is measured: measure, prepare, peak_memory and vit_train_flops below.
 """
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -56,13 +33,11 @@ from util import cli
 from util.cli import at_least
 
 MODELS = ("vit", "torchvision_vit", "llb")
-LR, WEIGHT_DECAY, NUM_CLASSES = 1e-4, 0.05, 1000
+LR, WEIGHT_DECAY = 1e-4, 0.05  # AdamW's, for every model
+NUM_CLASSES = 1000
 STEPS = {"cpu": (1, 3), "cuda": (10, 30)}  # (warm-up, timed) steps per phase
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s, matched as substrings of the device name.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-# ----------------------------------------------------------------------------- models
 
 
 def vit_config(args) -> vit.ViTConfig:
@@ -71,15 +46,10 @@ def vit_config(args) -> vit.ViTConfig:
     if args.pretrained:
         fields_ = pretrained.architecture(args.pretrained)
     else:
-        fields_ = vit.PRESETS["base" if args.model is None else args.model]
-    over = dict(num_classes=NUM_CLASSES)
-    if args.image_size is not None:
-        over["image_size"] = args.image_size
-    elif not args.pretrained:
-        over["image_size"] = 224
-    if args.patch_size is not None:
-        over["patch_size"] = args.patch_size
-    return vit.ViTConfig(**(fields_ | over))
+        fields_ = vit.PRESETS[args.model or "base"] | dict(image_size=224)
+    given = dict(image_size=args.image_size, patch_size=args.patch_size)
+    given = {k: v for k, v in given.items() if v is not None}
+    return vit.ViTConfig(**(fields_ | given | dict(num_classes=NUM_CLASSES)))
 
 
 def build_model(name: str, args) -> nn.Module:
@@ -87,15 +57,11 @@ def build_model(name: str, args) -> nn.Module:
     c = vit_config(args)
     if name == "torchvision_vit":
         return VisionTransformer(image_size=c.image_size, patch_size=c.patch_size,
-                                 num_layers=c.depth,
-                                 num_heads=c.heads, hidden_dim=c.width, mlp_dim=c.mlp_dim,
-                                 num_classes=c.num_classes)
-    model = vit.ViT(c)
+                                 num_layers=c.depth, num_heads=c.heads, hidden_dim=c.width,
+                                 mlp_dim=c.mlp_dim, num_classes=c.num_classes)
     if name == "llb":
-        model = llb.LLB(model, llb_config(args))
-    elif name != "vit":
-        raise ValueError(f"unknown benchmark model {name!r}; expected one of {MODELS}")
-    return model
+        return llb.LLB(vit.ViT(c), llb_config(args))
+    return vit.ViT(c)
 
 
 def llb_config(args) -> llb.LLBConfig:
@@ -118,9 +84,6 @@ def vit_train_flops(c: vit.ViTConfig, batch: int) -> float:
     return 3 * forward * batch
 
 
-# ----------------------------------------------------------------------------- measuring
-
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -131,50 +94,40 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident pages -> bytes
 
 
-def _free_memory(device):
+@contextlib.contextmanager
+def peak_memory(device):
+    """A block's `added["mb"]`: the MiB it adds at its peak. CUDA: max_memory_allocated after
+    reset_peak_memory_stats, minus memory_allocated before. CPU (Linux): the process's peak RSS,
+    sampled every 5 ms by a thread (and at the end), minus the RSS before."""
     gc.collect()
+    added = {}
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    try:  # glibc keeps freed heap pages; give them back so that the next RSS baseline is honest
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield added
+        torch.cuda.synchronize(device)
+        added["mb"] = (torch.cuda.max_memory_allocated(device) - start) / 2 ** 20
+        return
+    try:  # glibc keeps freed heap pages; give them back so that the RSS baseline is honest
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+    start = peak = _rss()
+    stop = threading.Event()
 
+    def sample():
+        nonlocal peak
+        while not stop.wait(0.005):
+            peak = max(peak, _rss())
 
-class PeakMemory:
-    """Bytes a block of code adds at its peak, `.mb` in MiB. CUDA: max_memory_allocated after
-    reset_peak_memory_stats, minus memory_allocated at entry. CPU: max process RSS, sampled
-    every 5 ms by a thread (and at exit), minus the RSS at entry."""
-
-    def __init__(self, device):
-        self.device, self.cuda = device, device.type == "cuda"
-
-    def __enter__(self):
-        _free_memory(self.device)
-        if self.cuda:
-            _sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = self.peak = _rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            _sync(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss())
-        self.mb = (self.peak - self.start) / 2 ** 20
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield added
+    stop.set()
+    thread.join()
+    added["mb"] = (max(peak, _rss()) - start) / 2 ** 20
 
 
 def _time(step, device) -> float:
@@ -187,24 +140,21 @@ def _time(step, device) -> float:
 
 
 def prepare(name: str, args, device, x, y) -> dict:
-    """One of MODELS on `device` with its optimizer; its "train" and "eval" step functions."""
+    """One of MODELS on `device` and its "train" and "eval" step functions on the batch (x, y):
+    vit and torchvision_vit train every parameter (a full fine-tune), llb its branch only."""
     torch.manual_seed(args.seed)
     model = build_model(name, args).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    # the same optimizer for every model measured: AdamW, fused on CUDA (as train.py's)
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     autocast = recipes.autocast(args.amp, device)
     net = torch.compile(model) if args.compile else model
-    if isinstance(model, llb.LLB):
-        loss_fn = lambda out: model.loss(out, y)[0]  # noqa: E731  (its parts dict costs one sync)
-    else:
-        loss_fn = lambda out: F.cross_entropy(out.float(), y)  # noqa: E731
+    is_llb = isinstance(model, llb.LLB)
 
     def train_step():  # forward + loss + backward + optimizer step
         with autocast:
             out = net(x)
-        loss = loss_fn(out)
+        loss = model.loss(out, y)[0] if is_llb else F.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -220,7 +170,12 @@ def prepare(name: str, args, device, x, y) -> dict:
 
 
 def measure(args, device, x, y, warmup: int, steps: int) -> dict:
-    """Figures of every model in MODELS (see the module docstring)."""
+    """Per model of MODELS: img/s = batch / MEDIAN step time, ms per step, peak MiB (building it
+    and its warm-up train steps), parameters, on a random batch (nothing is learned). Each phase
+    (train, then eval: a forward in eval mode under no_grad) runs `warmup` untimed steps per
+    model (where --compile compiles: on CPU the first model's memory then includes the
+    compiler's own), then `steps` timed steps interleaved, so that other work on the machine
+    slows all alike."""
     # Prime the runtime (autograd engine, thread pools, oneDNN/BLAS buffers) with one step of a
     # 1-block ViT, so that its one-time allocations do not count against the first model.
     prime = vit.ViT(vit_config(args), depth=1).to(device)
@@ -228,14 +183,14 @@ def measure(args, device, x, y, warmup: int, steps: int) -> dict:
         out = prime(x)
     F.cross_entropy(out.float(), y).backward()
     del prime, out
+
     bench, peak_mb = {}, {}
     for name in MODELS:  # built one at a time, each then kept; memory = what this one adds
-        with PeakMemory(device) as mem:
+        with peak_memory(device) as added:
             bench[name] = b = prepare(name, args, device, x, y)
-            b["net"].train()  # (LLB keeps a frozen backbone in eval mode)
             for _ in range(warmup):
                 _time(b["train"], device)
-        peak_mb[name] = mem.mb
+        peak_mb[name] = added["mb"]
     times = {}
     for phase in ("train", "eval"):
         for b in bench.values():
@@ -248,29 +203,61 @@ def measure(args, device, x, y, warmup: int, steps: int) -> dict:
                 times[phase][m].append(_time(b[phase], device))
     results = {}
     for m, b in bench.items():
-        train_s, eval_s = statistics.median(times["train"][m]), statistics.median(times["eval"][m])
-        results[m] = dict(train_img_s=len(x) / train_s,  # images per second of the train step
-                          eval_img_s=len(x) / eval_s,  # images per second of the eval forward
+        train_s = statistics.median(times["train"][m])
+        eval_s = statistics.median(times["eval"][m])
+        results[m] = dict(train_img_s=len(x) / train_s, eval_img_s=len(x) / eval_s,
                           peak_mem_mb=peak_mb[m],  # MiB added by building and warm-up training
                           train_ms_per_step=1e3 * train_s, eval_ms_per_step=1e3 * eval_s,
                           params=b["params"], trainable_params=b["trainable_params"])
-    del bench
-    _free_memory(device)
     return results
 
 
-def run(args, device, *, warmup: int | None = None, steps: int | None = None) -> dict:
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--model", choices=list(vit.PRESETS), help="ViT preset (default base)")
+    add("--pretrained", help="released weights' name: their architecture (weights not loaded)")
+    add("--image-size", type=at_least(1), help="default 224")
+    add("--patch-size", type=at_least(1), help="default: the preset's")
+    add("--batch-size", type=at_least(1), help="default: 8 on cpu, 128 on cuda")
+    add("--device", choices=("cuda", "cpu"), default=recipes.default_device(),
+        help="default: cuda when available")
+    add("--amp", choices=("bf16", "fp16", "off"), help="default: bf16 on cuda, off on cpu")
+    add("--compile", action="store_true", help="torch.compile every model")
+    add("--num-objects", type=at_least(2), help="LLB's O (default: llb.LLBConfig's)")
+    add("--llb-depth", dest="depth", type=at_least(2), help="LLB layers (default: LLBConfig's)")
+    add("--layer", type=at_least(1), help="LLB's branch point l (default: depth - 1)")
+    add("--steps", type=at_least(1), help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
+    add("--seed", type=int, default=0)
+    add("--out-dir", default="runs/benchmark", help="where benchmark.json goes")
+    add("--debug", action="store_true", help="show tracebacks of errors")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but this machine has no CUDA GPU")
+    if args.amp is None:
+        args.amp = recipes.default_amp(args.device)
+    if args.batch_size is None:
+        args.batch_size = 128 if args.device == "cuda" else 8
+    if args.steps is None:
+        args.steps = STEPS[args.device][1]
+    if args.pretrained and (args.model or args.patch_size):
+        p.error("--model/--patch-size come from --pretrained's architecture; drop them")
+    return args
+
+
+def main(argv=None) -> dict:
     """Measure MODELS, print a table, write <out_dir>/benchmark.json and return its content."""
-    device = torch.device(device)
-    warmup = max(1, STEPS[device.type][0] if warmup is None else warmup)  # >= 1: memory needs it
-    steps = STEPS[device.type][1] if steps is None else steps
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    warmup = STEPS[device.type][0]
     c = vit_config(args)
     g = torch.Generator().manual_seed(args.seed)  # the same batch for every model
     x = torch.randn(args.batch_size, c.channels, c.image_size, c.image_size, generator=g).to(device)
     y = torch.randint(0, c.num_classes, (args.batch_size,), generator=g).to(device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})")
-    results = measure(args, device, x, y, warmup, steps)
+    results = measure(args, device, x, y, warmup, args.steps)
 
     tv = results["torchvision_vit"]
     for r in results.values():  # > 1: faster than torchvision's ViT of the same configuration
@@ -294,7 +281,7 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
         "llb_train_step_vs_vit": llb_vs_vit, "mfu_note": mfu_note,
         "config": dict(vars(c), llb=asdict(llb_config(args).for_backbone(c.depth))),
         "batch_size": args.batch_size, "amp": args.amp, "compile": args.compile,
-        "warmup_steps": warmup, "timed_steps": steps, "statistic": "median step time",
+        "warmup_steps": warmup, "timed_steps": args.steps, "statistic": "median step time",
         "order": "interleaved per step: " + ", ".join(MODELS),
         "peak_mem": ("cuda max_memory_allocated" if device.type == "cuda" else "cpu peak RSS")
         + " minus the value before building the model; build + warm-up train steps",
@@ -302,64 +289,22 @@ def run(args, device, *, warmup: int | None = None, steps: int | None = None) ->
     }
     report = json.loads(json.dumps(report))  # exactly what the file holds
     out = Path(args.out_dir)
-    if os.environ.get("RANK", "0") == "0":  # under --gpus N every rank measures its own GPU
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
 
     print(f"\n{c.depth}-block ViT, D={c.width}, {c.image_size} px, P={c.patch_size}, "
-          f"batch {args.batch_size}, "
-          f"amp {args.amp}{', compiled' if args.compile else ''}, {name}, median of {steps} steps")
+          f"batch {args.batch_size}, amp {args.amp}{', compiled' if args.compile else ''}, "
+          f"{name}, median of {args.steps} steps")
     print(f"{'model':<17}{'train img/s':>12}{'eval img/s':>12}{'train vs tv':>12}{'eval vs tv':>12}"
           f"{'peak MB':>10}")
     for m, r in results.items():
         print(f"{m:<17}{r['train_img_s']:>12.2f}{r['eval_img_s']:>12.2f}"
-              f"{r['train_vs_torchvision']:>11.2f}x"
-              f"{r['eval_vs_torchvision']:>11.2f}x{r['peak_mem_mb']:>10.0f}")
+              f"{r['train_vs_torchvision']:>11.2f}x{r['eval_vs_torchvision']:>11.2f}x"
+              f"{r['peak_mem_mb']:>10.0f}")
     print(f"LLB train step / ViT full fine-tune step: {llb_vs_vit:.2f}")
     print(f"ViT train MFU: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} ({mfu_note})")
     print(f"written to {out / 'benchmark.json'}")
     return report
-
-
-# ----------------------------------------------------------------------------- the program
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = p.add_argument
-    add("--model", choices=list(vit.PRESETS), help="ViT preset (default base)")
-    add("--pretrained", help="released weights' name: their architecture (weights not loaded)")
-    add("--image-size", type=at_least(1), help="default 224")
-    add("--patch-size", type=at_least(1), help="default: the preset's")
-    add("--batch-size", type=at_least(1), help="default: 8 on cpu, 128 on cuda")
-    add("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    add("--amp", choices=("bf16", "fp16", "off"), help="default: bf16 on cuda, off on cpu")
-    add("--compile", action="store_true", help="torch.compile every model")
-    add("--num-objects", type=at_least(2), help="LLB's O (default: llb.LLBConfig's)")
-    add("--llb-depth", dest="depth", type=at_least(2), help="LLB layers (default: LLBConfig's)")
-    add("--layer", type=at_least(1), help="LLB's branch point l (default: depth - 1)")
-    add("--steps", type=at_least(1), help="timed steps per phase (default: 3 on cpu, 30 on cuda)")
-    add("--seed", type=int, default=0)
-    add("--out-dir", default="runs/benchmark", help="where benchmark.json goes")
-    add("--debug", action="store_true", help="show tracebacks of errors")
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but this machine has no CUDA GPU")
-    if args.device is None:
-        args.device = recipes.default_device()
-    if args.amp is None:
-        args.amp = recipes.default_amp(args.device)
-    if args.batch_size is None:
-        args.batch_size = 128 if args.device == "cuda" else 8
-    if args.pretrained and (args.model or args.patch_size):
-        p.error("--model/--patch-size come from --pretrained's architecture; drop them")
-    return args
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    return run(args, args.device, steps=args.steps)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,10 @@
-"""How fast the data loader feeds training, and how many ImageNet-sized JPEGs one loader core
-turns into model inputs per second (--jpeg).
+"""How many ImageNet-sized JPEGs one loader core turns into model inputs per second.
 
-    python benchmark_data.py
-    python benchmark_data.py --jpeg                 # 150 generated 500x375 photos, JPEG q90
-    python benchmark_data.py --jpeg --images DIR    # your own JPEGs (e.g. ImageNet val files)
+    python benchmark_data.py                   # 150 generated 500x375 photos, JPEG quality 90
+    python benchmark_data.py --images DIR      # your own JPEGs (e.g. ImageNet val files)
+    python benchmark_data.py --device cuda     # (d)'s GPU part timed on the GPU
 
-Writes a folder of 32 px PNGs into a temporary directory (10 classes, 140 training and 20
-validation images per class, smooth random colours plus noise, like small scans), then times
-training epochs of a ViT-micro (patch 4, 32 px, batch 128, AdamW) on the CPU, fed by
-  (a) data.py's folder set, streamed: every epoch decodes every PNG (the loader's default
-      workers, data.default_workers), for each `--augment`;
-  (b) the same images, decoded and normalized once, as a plain in-memory TensorDataset (the
-      peer, 0 workers),
-each with the same model, sampler and batch size. Epochs of all loaders are interleaved (one
-epoch each per round, the order reversed every other round), so a change in machine load hits
-them alike. After one warm-up round it reports medians over `--epochs` rounds: images/s, the
-epoch time over the peer's in the same round, and the time the loop waited for the next batch.
-On a shared machine the step time varies from round to round; the wait column does not.
-
---jpeg: one process with one thread (what one DataLoader worker does), from a file path to the
+One process with one thread (what one DataLoader worker does), from a file path to the
 normalized float tensor a worker hands to the batch, for the evaluation transform and each
 --augment's training transform (ImageNet's, 224 px), per pipeline:
   (a) this project: data.load_uint8 (torchvision.io for JPEG) -> v2's uint8 tensor kernels,
@@ -27,14 +13,9 @@ normalized float tensor a worker hands to the batch, for the evaluation transfor
       images -> PILToTensor -> ToDtype -> Normalize (built here by peer_steps);
   (c) v2 on tensors throughout (RandAugment's tensor kernels), to show why (a) uses PIL there;
   (d) what training on CUDA runs in a loader process: (a) up to the uint8 crop; the GPU does
-      RandAugment and the normalize on the batch (inputs/on_device.py), timed apart on
-      `--device` (default cpu);
-and decode alone (PIL, torchvision.io): the floor. Every pipeline draws the same augmentation
-per image (the CPU generator seeded by the image index); rows are interleaved over `--rounds`
-rounds and each row's best round is reported (another process on the core only slows a round
-down; medians moved by 15% between runs on a shared VM). It also prints the mean absolute
-difference from (b) in uint8 levels, the top-1 agreement of a fixed randomly initialized
-ViT-Ti/16 on both, and the loader cores that `--gpus` GPUs each fed `--gpu-img-s` images/s need.
+      RandAugment and the normalize on the batch (inputs/on_device.py), timed apart on --device;
+and decode alone (PIL, torchvision.io): the floor. It also prints each pipeline's difference
+from (b) on the same draws, and the loader cores that --gpus GPUs each fed --gpu-img-s need.
 """
 from __future__ import annotations
 
@@ -49,101 +30,17 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 import data
 import vit
 from inputs import transforms
 from inputs.on_device import BatchRandAugment
+from util.cli import at_least
 
-CLASSES = 10
-SIZE = 32
-BATCH = 128
-PEER = "(b) TensorDataset"
+REFERENCE = "(b) PIL + v2, reference"
 DEVICE_ROW = "(d) on CUDA, the loader's part"  # uint8 out; RandAugment + normalize on the GPU
-
-
-def make_folder(root: Path, *, train_per_class: int, val_per_class: int, seed: int) -> None:
-    """root/{train,val}/class_k/NNNN.png: a random 4x4 colour grid blurred to 32 px, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for k in range(CLASSES):
-            folder = root / split / f"class_{k}"
-            folder.mkdir(parents=True)
-            grid = torch.rand(count, 3, 4, 4, generator=g) * 255  # (n, 3, 4, 4)
-            smooth = F.interpolate(grid, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
-            noisy = smooth + 8 * torch.randn(smooth.shape, generator=g)  # (n, 3, 32, 32)
-            pixels = noisy.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            for i in range(count):
-                Image.fromarray(pixels[i]).save(folder / f"{i:04d}.png")
-
-
-def train_epoch(loader: DataLoader, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                epoch: int) -> tuple[float, float, int]:
-    """(seconds, seconds waiting for the loader, images) of one training epoch."""
-    loader.sampler.set_epoch(epoch)
-    seen = 0
-    wait = 0.0
-    start = time.perf_counter()
-    batches = iter(loader)
-    while True:
-        fetch = time.perf_counter()
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - fetch
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(y)
-    return time.perf_counter() - start, wait, seen
-
-
-def build_loaders(root: Path, augments: list[str]) -> tuple[dict, dict]:
-    """The loaders to compare, by row label, and each streamed set's build time in seconds."""
-    loaders = {}
-    build_s = {}
-    for augment in augments:
-        label = f"(a) streamed, {augment}"
-        start = time.perf_counter()
-        train, _, _ = data.build_datasets("folder", str(root), image_size=SIZE, augment=augment)
-        build_s[label] = time.perf_counter() - start
-        loaders[label] = data.build_loader(train, batch_size=BATCH, train=True)
-    # (b) the peer: the `none` images, decoded and normalized once, as plain tensors
-    train, _, _ = data.build_datasets("folder", str(root), image_size=SIZE, augment="none")
-    x = torch.stack([train[i][0] for i in range(len(train))])  # (N, 3, 32, 32) float32
-    peer = TensorDataset(x, torch.tensor(train.targets))
-    loaders[PEER] = data.build_loader(peer, batch_size=BATCH, train=True, workers=0)
-    return loaders, build_s
-
-
-def measure(loaders: dict, *, epochs: int, seed: int) -> dict:
-    """Per loader: medians of img/s, epoch time / the peer's in the same round, data wait."""
-    models = {}
-    for label in loaders:
-        torch.manual_seed(seed)  # the same initial weights for every loader
-        model = vit.create_vit("micro", image_size=SIZE, patch_size=4, num_classes=CLASSES)
-        models[label] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
-    rounds = []
-    for epoch in range(epochs + 1):  # epoch 0 warms up (starts workers, allocators)
-        order = list(loaders) if epoch % 2 else list(loaders)[::-1]  # cancel order effects
-        rounds.append({label: train_epoch(loaders[label], *models[label], epoch)
-                       for label in order})
-    result = {}
-    for label in loaders:
-        timed = rounds[1:]
-        result[label] = {
-            "img_s": statistics.median(r[label][2] / r[label][0] for r in timed),
-            "vs_peer": statistics.median(r[label][0] / r[PEER][0] for r in timed),
-            "wait_s": statistics.median(r[label][1] for r in timed),
-            "wait_share": statistics.median(r[label][1] / r[label][0] for r in timed)}
-    return result
-
-
-# ----------------------------------------------------------------- --jpeg: one loader core
 PHOTO = (375, 500)  # (H, W): ImageNet's average photo
 # An LLB training step on ViT-B/16 at 224 px is about 88 GFLOP per image (the frozen backbone's
 # forward, 17.6 GMAC, plus the branch's six blocks forward and backward): an H100 at 40% of its
@@ -196,16 +93,13 @@ def jpeg_rows(augments: list[str]) -> dict:
     transform (a)-(d); a row is timed without its tail (the loader's part)."""
     rows = {"decode only, PIL": (data.load_rgb, None, None),
             "decode only, torchvision.io": (data.load_uint8, None, None)}
-    by_name = {}
-    for augment in augments:
-        train, val, _ = transforms.make_transforms("imagenet", image_size=None, eval_spec=None,
-                                                   augment=augment)
-        by_name[f"train {augment}"] = train
-    by_name = {"eval": val} | by_name  # the same eval transform for every augment
+    made = {a: transforms.make_transforms("imagenet", image_size=None, eval_spec=None, augment=a)
+            for a in augments}  # (train, val, size): the same val transform for every augment
+    by_name = {"eval": made[augments[0]][1]} | {f"train {a}": made[a][0] for a in augments}
     for name, tf in by_name.items():
         rows[f"{name}: (a) this project"] = (data.load_uint8, tf, None)
         reference = peer_steps(tf, v2_normalize=True)
-        rows[f"{name}: (b) PIL + v2, reference"] = (data.load_rgb, v2.Compose(reference), None)
+        rows[f"{name}: {REFERENCE}"] = (data.load_rgb, v2.Compose(reference), None)
         if any(isinstance(step, transforms.AsPIL) for step in tf.transforms):
             tensors = peer_steps(tf, v2_normalize=False)
             rows[f"{name}: (c) v2 on tensors"] = (data.load_uint8, v2.Compose(tensors), None)
@@ -214,7 +108,11 @@ def jpeg_rows(augments: list[str]) -> dict:
 
 
 def time_rows(rows: dict, paths: list[str], *, rounds: int) -> dict:
-    """Best img/s of each row over `rounds` interleaved rounds (after a short warm-up)."""
+    """Best img/s of each row over `rounds` rounds after a short warm-up. Every row draws the
+    same augmentation per image (the CPU generator seeded by the image index); rows are
+    interleaved, the order reversed every other round, and each row's best round is kept
+    (another process on the core only slows a round down; medians moved by 15% between runs on
+    a shared VM)."""
     rates = {label: [] for label in rows}
     for r in range(rounds + 1):
         order = list(rows) if r % 2 else list(rows)[::-1]  # cancel order effects
@@ -241,7 +139,7 @@ def time_tails(rows: dict, paths: list[str], device: torch.device) -> dict:
             continue
         batch = default_collate([transform(load(p)) for p in (paths * 64)[:64]])  # (64, 3, H, W)
         batch = batch.to(device)
-        tail = tail.to(device)
+        tail.to(device)  # a module: moved in place, so agreement() runs before this
         times = []
         for _ in range(4):  # the first warms up
             start = time.perf_counter()
@@ -268,7 +166,7 @@ def agreement(rows: dict, paths: list[str]) -> dict:
             continue
         name = label.split(":")[0]
         outputs = []
-        for row in (label, f"{name}: (b) PIL + v2, reference"):
+        for row in (label, f"{name}: {REFERENCE}"):
             load, transform, tail = rows[row]
             draws = []
             for i, path in enumerate(paths):
@@ -287,8 +185,25 @@ def agreement(rows: dict, paths: list[str]) -> dict:
     return result
 
 
-def run_jpeg(args) -> None:
-    """--jpeg: img/s per loader core of each row, the pixel agreement, the cores needed."""
+def main(argv: list[str] | None = None) -> None:
+    """img/s per loader core of each row, the pixel agreement with (b), the cores needed."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--jpeg", action="store_true", help="accepted; the JPEG study is what this program runs")
+    add("--images", help="a folder of your own .jpg files (default: generated)")
+    add("--count", type=at_least(1), default=150, help="photos to time")
+    add("--rounds", type=at_least(1), default=7, help="timed rounds after a warm-up")
+    add("--augment", nargs="+", choices=transforms.AUGMENTS, default=list(transforms.AUGMENTS))
+    add("--gpus", type=at_least(1), default=8, help="GPUs to feed")
+    add("--gpu-img-s", type=at_least(1), default=GPU_IMG_S,
+        help="images/s one GPU trains (default: an LLB step on an H100, 40%% MFU)")
+    add("--device", default="cpu", choices=["cpu", "cuda"], help="where to time (d)'s GPU part")
+    add("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here; leave --device out to "
+                     "time the device part on the CPU")
     torch.set_num_threads(1)  # one DataLoader worker: one process, one thread
     with tempfile.TemporaryDirectory() as tmp:
         if args.images is None:
@@ -306,8 +221,8 @@ def run_jpeg(args) -> None:
         kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
         rows = jpeg_rows(args.augment)
         rate = time_rows(rows, paths, rounds=args.rounds)
-        tail_ms = time_tails(rows, paths, torch.device(args.device))
         agree = agreement(rows, paths)
+        tail_ms = time_tails(rows, paths, torch.device(args.device))
     floor = rate["decode only, torchvision.io"]
     print(f"{source} (mean {kb:.0f} KB); torch {torch.__version__}, torchvision "
           f"{torchvision.__version__}, 1 thread of {os.cpu_count()} CPU cores; best of "
@@ -315,8 +230,7 @@ def run_jpeg(args) -> None:
     print("| file -> model input | img/s per core | vs (b) | time vs decode floor |")
     print("|---|---|---|---|")
     for label, r in rate.items():
-        name = label.split(":")[0]
-        peer = rate.get(f"{name}: (b) PIL + v2, reference")
+        peer = rate.get(f"{label.split(':')[0]}: {REFERENCE}")
         vs = f"{r / peer:.2f}x" if peer is not None and ": (" in label else "-"
         print(f"| {label} | {r:.0f} | {vs} | {floor / r:.2f}x |")
     print(f"\n{DEVICE_ROW}: the loader processes stop at the uint8 crop; the GPU then runs "
@@ -335,58 +249,6 @@ def run_jpeg(args) -> None:
     for label, r in rate.items():
         if label.startswith("train") and ": (c)" not in label:
             print(f"  {label}: {need / r:.0f} loader cores")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-per-class", type=int, default=140)
-    parser.add_argument("--val-per-class", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=5, help="timed rounds after one warm-up")
-    parser.add_argument("--augment", nargs="+", choices=transforms.AUGMENTS,
-                        default=["none", "basic"])
-    parser.add_argument("--seed", type=int, default=0)
-    jpeg = parser.add_argument_group("--jpeg: one loader core on ImageNet-sized JPEGs")
-    jpeg.add_argument("--jpeg", action="store_true", help="measure that instead (see above)")
-    jpeg.add_argument("--images", help="a folder of your own .jpg files (default: generated)")
-    jpeg.add_argument("--count", type=int, default=150, help="photos to time")
-    jpeg.add_argument("--rounds", type=int, default=7, help="timed rounds after a warm-up")
-    jpeg.add_argument("--gpus", type=int, default=8, help="GPUs to feed")
-    jpeg.add_argument("--gpu-img-s", type=int, default=GPU_IMG_S,
-                      help="images/s one GPU trains (default: an LLB step on an H100, 40%% MFU)")
-    jpeg.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                      help="where to time (d)'s device part")
-    args = parser.parse_args(argv)
-    if args.jpeg:
-        if args.augment == ["none", "basic"]:  # the PNG mode's default: measure all three
-            args.augment = list(transforms.AUGMENTS)
-        if min(args.count, args.rounds, args.gpus, args.gpu_img_s) < 1:
-            parser.error("--count, --rounds, --gpus and --gpu-img-s must be >= 1")
-        if args.device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: torch sees no CUDA device here; leave --device out to "
-                         "time the device part on the CPU")
-        run_jpeg(args)
-        return
-    if args.epochs < 1 or args.train_per_class * CLASSES < BATCH or args.val_per_class < 1:
-        parser.error(f"need --epochs >= 1, --train-per-class >= {-(-BATCH // CLASSES)} (one "
-                     f"batch of {BATCH}) and --val-per-class >= 1")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "pngs"
-        make_folder(root, train_per_class=args.train_per_class,
-                    val_per_class=args.val_per_class, seed=args.seed)
-        loaders, build_s = build_loaders(root, args.augment)
-        result = measure(loaders, epochs=args.epochs, seed=args.seed)
-    print(f"ViT-micro, patch 4, {SIZE} px, batch {BATCH}, {CLASSES * args.train_per_class} "
-          f"training PNGs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPU cores; medians of {args.epochs} epochs after 1 warm-up\n")
-    print("| loader, augment | workers | build s | train img/s | epoch time vs (b) "
-          "| waiting for data per epoch |")
-    print("|---|---|---|---|---|---|")
-    for label, loader in loaders.items():
-        r = result[label]
-        build = f"{build_s[label]:.2f}" if label in build_s else "-"
-        print(f"| {label} | {loader.num_workers} | {build} | {r['img_s']:.0f} | "
-              f"{r['vs_peer']:.2f}x | {r['wait_s']:.2f} s ({100 * r['wait_share']:.1f}%) |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from PIL import Image
 from torchvision.transforms import functional as TF  # noqa: N812
 from torchvision.transforms.v2 import functional as TF2  # noqa: N812
 
-import benchmark_data
 import data
 from inputs import transforms
 
@@ -340,14 +339,3 @@ def test_inat2018_missing_json_error(tmp_path):
                                                 r"visipedia/inat_comp/tree/master/2018"):
         data.build_datasets("inat2018", str(tmp_path))
 
-
-# ----------------------------------------------------------------------------- benchmark
-def test_benchmark_data_compares_the_streamed_folder_with_the_tensor_dataset(capsys):
-    benchmark_data.main(["--train-per-class", "13", "--val-per-class", "1", "--epochs", "1",
-                         "--augment", "basic"])  # one batch of 128 per epoch
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
-            if line.startswith("| (")]
-    workers = str(data.default_workers(1))  # the loader's default for a streamed set
-    assert [(r[0], r[1]) for r in rows] == [("| (a) streamed, basic", workers),
-                                            ("| (b) TensorDataset", "0")]
-    assert rows[1][4] == "1.00x"  # the peer against itself

@@ -105,7 +105,7 @@ def test_items_are_the_pil_reference_pixels_within_a_level(tmp_path, augment):
 
 
 def test_benchmark_jpeg_prints_rates_agreement_and_cores(capsys):
-    benchmark_data.main(["--jpeg", "--count", "2", "--rounds", "1", "--augment", "paper"])
+    benchmark_data.main(["--count", "2", "--rounds", "1", "--augment", "paper"])
     out = capsys.readouterr().out
     for row in ("decode only, torchvision.io", "eval: (a) this project",
                 "train paper: (b) PIL + v2, reference", "train paper: (c) v2 on tensors",
