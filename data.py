@@ -1,19 +1,8 @@
-"""The datasets of the LLB reference implementation and their loaders.
-
-`build_datasets(name, root, ...)` returns `(train_set, val_set, DataInfo)` with items
-`(normalized float32 tensor (3, H, W), int label)`; `build_loader(...)` shuffles (and shards with
-DistributedSampler) for training and gives each rank a disjoint, unpadded shard for evaluation.
-Names: `synthetic` (default: inputs/synthetic.py's, generated in memory), `cifar10`, `cifar100`
-(with its 20 superclasses), `imagenet` and `folder` (root/{train,val}/<class>/<image>),
-`places365`, `inat2018` (official json split). ImageNet-ReaL's labels for the ImageNet
-validation split: `read_real_labels`, `real_hits`. How an image becomes the model's input (the
-transforms, the augmentations): inputs/transforms.py.
-
-Image files are decoded when an item is read, every epoch, in `default_workers` loader
-processes: `load_uint8` gives a uint8 tensor (3, H, W) (torchvision.io for JPEG), `load_rgb`
-reads any PIL mode as 8-bit RGB (16-bit and float modes scaled, not clipped; transparent pixels
-on white). CIFAR's arrays and the synthetic set are in memory: their loaders default to 0
-workers.
+"""The datasets (DATASETS) and their loaders: `build_datasets` gives (train_set, val_set,
+DataInfo) with items (normalized float32 (3, H, W), int label), `build_loader(s)` batch them.
+Image files are decoded when an item is read (`load_uint8`), in `default_workers` loader
+processes; CIFAR and the synthetic set (inputs/synthetic.py) are in memory. ImageNet-ReaL:
+`read_real_labels`, `real_hits`. The transforms: inputs/transforms.py.
 """
 from __future__ import annotations
 
@@ -23,12 +12,12 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets as tv_datasets
 from torchvision import io as tv_io
 from torchvision.transforms import v2
@@ -36,8 +25,7 @@ from torchvision.transforms import v2
 from inputs import pretrained
 from inputs.on_device import OnDevice
 from inputs.synthetic import RANKING, SHAPE_NAMES, SYNTHETIC_CLASSES, SyntheticObjects
-from inputs.transforms import (AUGMENTS, CIFAR_STATS, EVAL_FRAMINGS, INTERPOLATIONS, device_split,
-                               make_transforms)
+from inputs.transforms import AUGMENTS, EVAL_FRAMINGS, INTERPOLATIONS, device_split, make_transforms
 from util import distributed
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet", "folder", "places365", "inat2018")
@@ -47,16 +35,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # (32-bit int holding 0..65535), float TIFF as "F" (taken as 0..1, torchvision's float convention).
 FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535,
               "F": 1.0}
-TRANSPARENT_BACKGROUND = (255, 255, 255)  # transparent pixels shown on white, as a web page does
 # torchvision.io's JPEG decoder (deprecated since torchvision 0.29 in favour of TorchCodec, still
 # there in the pinned 0.29.1); without it load_uint8 decodes with PIL, the same pixels, slower
 DECODE_JPEG = getattr(tv_io, "decode_jpeg", None)
 
 IMAGENET_HINT = ("download ILSVRC2012 from https://image-net.org and arrange val/ into class "
                  "folders, e.g. with the valprep.sh script")
-FOLDER_HINT = "arrange the images as root/train/<class>/<image> and root/val/<class>/<image>"
 INAT_URL = "https://github.com/visipedia/inat_comp/tree/master/2018"
-CIFAR_HINT = "pass --download or download from https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 PLACES_HINT = ("pass --download or download the high-resolution Places365-Standard images and "
                "file lists from http://places2.csail.mit.edu/download.html")
 REAL_URL = "https://github.com/google-research/reassessed-imagenet"
@@ -91,23 +77,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     # Note: a 16-bit RGB(A) PNG arrives as 8-bit RGB(A): PIL keeps each value's high byte
     # (v // 256), within one level of the exact v * 255 / 65535.
     if image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info:
-        background = Image.new("RGBA", image.size, TRANSPARENT_BACKGROUND + (255,))
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))  # as a web page
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")  # L, 1, P, CMYK ((255 - C)(255 - K) / 255), YCbCr, RGB
 
 
-def _unreadable(path: str, err: Exception) -> RuntimeError:
-    return RuntimeError(f"cannot read image file {path} ({err}); replace or delete it (it is "
-                        "never skipped silently)")
-
-
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image; failure raises instead of skipping, which would shift labels."""
+    """Decode an image (to_rgb); failure raises instead of skipping, which would shift labels."""
     try:
         with Image.open(path) as image:
             return to_rgb(image)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise _unreadable(path, err) from err
+        raise RuntimeError(f"cannot read image file {path} ({err}); replace or delete it (it is "
+                           "never skipped silently)") from err
 
 
 def load_uint8(path: str) -> torch.Tensor:
@@ -154,9 +136,8 @@ def _image_files(class_dir: Path, max_per_class: int | None) -> list[str]:
     names = sorted(e.name for e in images if e.is_file())
     broken = sorted(e.name for e in images if e.is_symlink() and not e.is_file())
     if broken:  # a link whose target is gone: is_file() is False, and it would vanish silently
-        raise FileNotFoundError(f"{class_dir} holds {len(broken)} broken symbolic link(s) to "
-                                f"images ({', '.join(broken[:3])}): their targets do not exist. "
-                                f"Mount or restore the targets, or delete the links.")
+        raise FileNotFoundError(f"{class_dir} holds {len(broken)} broken symbolic link(s) "
+                                f"({', '.join(broken[:3])}); restore their targets or delete them")
     return [str(class_dir / n) for n in names[:max_per_class]]
 
 
@@ -192,41 +173,39 @@ def build_image_folder(name: str, root: str, *, classes: int | str | None,
                        max_per_class: int | None, train_tf: v2.Compose, val_tf: v2.Compose
                        ) -> tuple[ImageFiles, ImageFiles]:
     """root/train/<class>/* and root/val/<class>/*, labels 0..K-1 in class-list order."""
-    hint = IMAGENET_HINT if name == "imagenet" else FOLDER_HINT
-    layout = f"expected layout {root}/train/<class>/<image> and {root}/val/<class>/<image>"
     base = Path(root)
-    if not base.is_dir() or not any(base.iterdir()):
-        state = "does not exist"
-        if base.is_file():
-            state = "is a file, expected a folder"
-        elif base.is_dir():
-            state = "is empty"
-        raise FileNotFoundError(f"{name}: data root {base} {state}; {layout}. Fix: {hint}")
     dirs = {"train": base / "train", "val": base / "val"}
+
+    def layout_error(error: type[Exception], problem: str) -> Exception:
+        fix = f". Fix: {IMAGENET_HINT}" if name == "imagenet" else ""
+        return error(f"{name}: {problem}; expected layout {root}/train/<class>/<image> and "
+                     f"{root}/val/<class>/<image>{fix}")
+
+    if not base.is_dir() or not any(base.iterdir()):  # a file: refused by _check_options
+        state = "is empty" if base.is_dir() else "does not exist"
+        raise layout_error(FileNotFoundError, f"data root {base} {state}")
     for split_dir in dirs.values():
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"{name}: missing split folder {split_dir}; {layout}. "
-                                    f"Fix: {hint}")
+            raise layout_error(FileNotFoundError, f"missing split folder {split_dir}")
     available = _class_folders(dirs["train"])
     if len(available) < 2:
-        raise ValueError(f"{name}: {dirs['train']} has {len(available)} class folder(s) "
-                         f"{available}; a classifier needs at least 2 classes; {layout}. "
-                         f"Fix: {hint}")
+        raise layout_error(ValueError, f"{dirs['train']} has {len(available)} class folder(s) "
+                                       f"{available}; a classifier needs at least 2 classes")
     chosen = select_classes(available, classes, source=dirs["train"])
     val_classes = set(_class_folders(dirs["val"]))
     missing = [c for c in chosen if c not in val_classes]
     extra = sorted(val_classes - {*available})
     if missing or extra:
-        raise ValueError(f"{name}: {dirs['val']} lacks class folders {missing[:5]} that train has "
-                         f"and has {extra[:5]} that train lacks; {layout}. Fix: {hint}")
+        raise layout_error(ValueError, f"{dirs['val']} lacks class folders {missing[:5]} that "
+                                       f"train has and has {extra[:5]} that train lacks")
     sets = []
     for split, transform in (("train", train_tf), ("val", val_tf)):
         samples = []
         for label, class_name in enumerate(chosen):
             files = _image_files(dirs[split] / class_name, max_per_class)
             if not files:
-                raise ValueError(f"{name}: class folder {dirs[split] / class_name} has no images "
-                                 f"(extensions {IMAGE_EXTENSIONS}, any case); {layout}")
+                raise layout_error(ValueError, f"class folder {dirs[split] / class_name} has no "
+                                               f"images (extensions {IMAGE_EXTENSIONS}, any case)")
             samples += [(f, label) for f in files]
         sets.append(ImageFiles(samples=samples, class_names=chosen, transform=transform))
     return sets[0], sets[1]
@@ -234,33 +213,36 @@ def build_image_folder(name: str, root: str, *, classes: int | str | None,
 
 def folder_summary(root: str, *, classes: int | str | None, max_per_class: int | None,
                    sample: int) -> dict | None:
-    """What the training split of root/train/<class>/* holds, read cheaply: the number of
-    images and classes, and the shorter side of up to `sample` images spread evenly over it
-    (from the file headers). None when the folder cannot be read: data.build_datasets then
-    says what is wrong with it."""
+    """The number of images and classes of root/train/<class>/*, and the shorter sides of up to
+    `sample` images spread over it, read from the file headers; None if it cannot be read
+    (build_datasets then says why)."""
     train = Path(root) / "train"
     try:
         chosen = select_classes(_class_folders(train), classes, source=train)
         files = [f for name in chosen for f in _image_files(train / name, max_per_class)]
-    except (OSError, ValueError):
+        picked = files[::max(1, len(files) // sample)][:sample]
+        sides = []
+        for path in picked:
+            with Image.open(path) as image:  # the header only: no pixels decoded
+                sides.append(min(image.size))
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None
     if len(chosen) < 2 or not files:
         return None
-    picked = files[::max(1, len(files) // sample)][:sample]
-    sides = []
-    for path in picked:
-        try:
-            with Image.open(path) as image:  # the header only: no pixels decoded
-                sides.append(min(image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
     return dict(images=len(files), classes=len(chosen), sides=sides)
 
 
-# -------------------------------------------------------------------------------- iNat 2018
+# ---------------------------------------------------------------------- downloadable named sets
+def _require(name: str, folder: Path, files: list[str], fix: str) -> None:
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{name}: {folder} lacks {missing}; expected layout "
+                                f"{folder}/{{{','.join(files)}}}. Fix: {fix}")
+
+
 def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable, download: bool
                    ) -> tuple[ImageFiles, ImageFiles, list[str]]:
-    """iNaturalist 2018 with the official split (torchvision's class indexes every image)."""
+    """iNaturalist 2018 with the official split; labels in the order of the category ids."""
     base = Path(root)
     if download:
         try:  # torchvision puts the images in root/2018/<super>/<id>/
@@ -268,101 +250,76 @@ def build_inat2018(root: str, *, train_tf: Callable, val_tf: Callable, download:
         except (RuntimeError, OSError) as err:
             raise RuntimeError(f"inat2018: download into {root} failed ({err}); "
                                f"see {INAT_URL}") from err
-    annotations = []
-    for split in ("train2018", "val2018"):
-        if not (base / f"{split}.json").is_file():
-            raise FileNotFoundError(
-                f"inat2018: missing {base / split}.json; expected layout {root}/train2018.json, "
-                f"{root}/val2018.json and images under {root}/train_val2018/ (or {root}/2018/). "
-                f"Fix: pass --download or get them from {INAT_URL}")
-        annotations.append(json.loads((base / f"{split}.json").read_text()))
+    _require("inat2018", base, ["train2018.json", "val2018.json"],
+             f"pass --download or get them, and the images (train_val2018/), from {INAT_URL}")
+    annotations = [json.loads((base / f"{s}2018.json").read_text()) for s in ("train", "val")]
     categories = sorted(annotations[0]["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     names = [str(c.get("name", c["id"])) for c in categories]
-    train, val = [ImageFiles(samples=_inat_samples(base, a, label_of), class_names=names,
-                             transform=tf)
-                  for a, tf in zip(annotations, (train_tf, val_tf))]
-    return train, val, names
+    image_dir = "train_val2018" if (base / "train_val2018").is_dir() else "2018"  # torchvision's
+    sets = []
+    for annotation, transform in zip(annotations, (train_tf, val_tf)):
+        category_of = {a["image_id"]: a["category_id"] for a in annotation["annotations"]}
+        samples = []
+        for image in annotation["images"]:
+            # file_name "train_val2018/<super>/<id>/<hash>.jpg", read under image_dir
+            file = base / image_dir / Path(*Path(image["file_name"]).parts[1:])
+            if category_of[image["id"]] not in label_of:
+                raise ValueError(f"inat2018: image {file} has a category missing from "
+                                 f"train2018.json; re-download the annotations from {INAT_URL}")
+            samples.append((str(file), label_of[category_of[image["id"]]]))
+        if samples and not Path(samples[0][0]).is_file():
+            raise FileNotFoundError(f"inat2018: image {samples[0][0]} is missing; extract "
+                                    f"train_val2018.tar.gz into {base} (see {INAT_URL})")
+        sets.append(ImageFiles(samples=samples, class_names=names, transform=transform))
+    return sets[0], sets[1], names
 
 
-def _inat_samples(base: Path, annotation: dict, label_of: dict) -> list[tuple[str, int]]:
-    category_of = {a["image_id"]: a["category_id"] for a in annotation["annotations"]}
-    renamed = not (base / "train_val2018").is_dir()  # torchvision's download names it 2018/
-    samples = []
-    for image in annotation["images"]:
-        file = Path(image["file_name"])  # "train_val2018/<super>/<id>/<hash>.jpg"
-        file = Path("2018", *file.parts[1:]) if renamed else file
-        if category_of[image["id"]] not in label_of:
-            raise ValueError(f"inat2018: image {file} has a category missing from "
-                             f"train2018.json; re-download the annotations from {INAT_URL}")
-        samples.append((str(base / file), label_of[category_of[image["id"]]]))
-    if samples and not Path(samples[0][0]).is_file():
-        raise FileNotFoundError(f"inat2018: image {samples[0][0]} of the annotations is missing; "
-                                f"extract train_val2018.tar.gz into {base} (see {INAT_URL})")
-    return samples
-
-
-# ----------------------------------------------------------------------------- torchvision sets
 def build_cifar(name: str, root: str, *, train_tf: Callable, val_tf: Callable,
                 download: bool) -> tuple[Dataset, Dataset, list[str], list | None, list | None]:
     """(train, val, class names, coarse_of_class, coarse_names): superclasses for cifar100."""
     cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
     data_dir = Path(root) / cls.base_folder
-    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [f for f in expected if not (data_dir / f).is_file()]
-    if missing and not download:
-        raise FileNotFoundError(f"{name}: {data_dir} lacks {missing}; expected layout "
-                                f"{data_dir}/{{{','.join(expected)}}} (the extracted python "
-                                f"archive). Fix: {CIFAR_HINT}, extracting it into {root}")
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    fix = f"pass --download or download from {CIFAR_URL}"
+    if not download:
+        _require(name, data_dir, files, f"{fix}, extracting its python version into {root}")
     try:
         train = cls(root, train=True, transform=train_tf, download=download)
         val = cls(root, train=False, transform=val_tf)
     except RuntimeError as err:  # torchvision's MD5 check
         raise RuntimeError(f"{name}: files in {data_dir} fail torchvision's integrity check "
-                           f"({err}); delete {data_dir} and {CIFAR_HINT}") from err
+                           f"({err}); delete {data_dir} and {fix}") from err
     except OSError as err:
         raise RuntimeError(f"{name}: download into {root} failed ({err}); check the network "
-                           f"(a proxy?) or {CIFAR_HINT.split(' or ', 1)[1]}") from err
+                           f"(a proxy?) or download from {CIFAR_URL}") from err
     for split in (train, val):  # decoded arrays already: loaders default to 0 workers
         split.in_memory = True
     if name == "cifar10":
         return train, val, list(train.classes), None, None
-    coarse_of_class, coarse_names = read_cifar100_hierarchy(data_dir,
-                                                            num_classes=len(train.classes))
-    return train, val, list(train.classes), coarse_of_class, coarse_names
-
-
-def read_cifar100_hierarchy(data_dir: Path, *, num_classes: int) -> tuple[list, list]:
-    """coarse_of_class (checked consistent over every sample of train and test), coarse_names."""
-    def load(file: str) -> dict:
+    # cifar100: each fine class's superclass, from every sample of train and test
+    pairs = set()
+    for file in ("train", "test"):
         with open(data_dir / file, "rb") as f:  # the archive's python-2 pickles
             entry = pickle.load(f, encoding="latin1")
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-
-    coarse_of_class = [-1] * num_classes
-    for file in ("train", "test"):
-        entry = load(file)
-        for fine, coarse in zip(entry["fine_labels"], entry["coarse_labels"]):
-            if coarse_of_class[fine] not in (-1, coarse):
-                raise RuntimeError(f"{data_dir / file}: fine class {fine} appears under "
-                                   f"superclasses {coarse_of_class[fine]} and {coarse}; the file "
-                                   f"is corrupted, delete {data_dir} and {CIFAR_HINT}")
-            coarse_of_class[fine] = coarse
-    if -1 in coarse_of_class:
-        raise RuntimeError(f"{data_dir}: fine class {coarse_of_class.index(-1)} has no samples, "
-                           f"so its superclass is unknown; delete {data_dir} and {CIFAR_HINT}")
-    return coarse_of_class, list(load("meta")["coarse_label_names"])
+        pairs |= set(zip(entry["fine_labels"], entry["coarse_labels"]))
+    coarse_of = dict(pairs)
+    if len(coarse_of) != len(pairs) or sorted(coarse_of) != list(range(len(train.classes))):
+        raise RuntimeError(f"{data_dir}: train and test do not put each fine class under one "
+                           f"superclass; the files are corrupted, delete {data_dir} and {fix}")
+    coarse_of_class = [coarse_of[fine] for fine in range(len(train.classes))]
+    with open(data_dir / "meta", "rb") as f:
+        coarse_names = list(pickle.load(f, encoding="latin1")["coarse_label_names"])
+    return train, val, list(train.classes), coarse_of_class, coarse_names
 
 
 def build_places365(root: str, *, train_tf: Callable, val_tf: Callable, download: bool
                     ) -> tuple[Dataset, Dataset, list[str]]:
     """Places365-Standard at high resolution (small=False: the paper feeds 224/384 px)."""
-    needed = ["categories_places365.txt", "places365_train_standard.txt", "places365_val.txt",
-              "data_large_standard", "val_large"]
-    missing = [n for n in needed if not (Path(root) / n).exists()]
-    if missing and not download:
-        raise FileNotFoundError(f"places365: {root} lacks {missing}; expected layout "
-                                f"{root}/{{{','.join(needed)}}}. Fix: {PLACES_HINT}")
+    files = ["categories_places365.txt", "places365_train_standard.txt", "places365_val.txt",
+             "data_large_standard", "val_large"]
+    if not download:
+        _require("places365", Path(root), files, PLACES_HINT)
     try:
         sets = [tv_datasets.Places365(root, split=split, small=False, download=download,
                                       transform=tf, loader=load_uint8)
@@ -372,13 +329,11 @@ def build_places365(root: str, *, train_tf: Callable, val_tf: Callable, download
     return sets[0], sets[1], list(sets[0].classes)
 
 
-# ------------------------------------------------------------------------------ ImageNet-ReaL
+# -------------------------------------------------------------------------------- ImageNet-ReaL
 def read_real_labels(path: str | Path, val_set: Dataset) -> list[list[int]]:
-    """Each image's ImageNet-ReaL labels (possibly none), in `val_set`'s sample order.
-
-    `path` is real.json of google-research/reassessed-imagenet: a JSON list of 50,000 label
-    lists, entry i for ILSVRC2012_val_{i+1:08d}.JPEG. Images are matched by that file number.
-    """
+    """Each image's ImageNet-ReaL labels (possibly none), in `val_set`'s sample order. `path` is
+    real.json of google-research/reassessed-imagenet: entry i lists the labels of
+    ILSVRC2012_val_{i+1:08d}.JPEG; images are matched by that file number."""
     path = Path(path)
     source = f"the ReaL labels file {path}"
     if not path.is_file():
@@ -401,15 +356,13 @@ def read_real_labels(path: str | Path, val_set: Dataset) -> list[list[int]]:
     if len(class_names) != REAL_CLASSES or not wnids or class_names != sorted(class_names):
         raise ValueError(f"ReaL labels are indices into all {REAL_CLASSES} ImageNet classes in "
                          f"wnid-sorted order, but this validation set has {len(class_names)} "
-                         f"classes {class_names[:3]}...; evaluate --dataset imagenet with all "
-                         "1000 class folders (no --classes subset) to use them")
+                         f"classes {class_names[:3]}...; evaluate --dataset imagenet, no --classes")
     labels = []
     for file, _ in val_set.samples:
         match = re.fullmatch(r"ILSVRC2012_val_(\d{8})\.jpe?g", Path(file).name, re.IGNORECASE)
         if match is None or not 1 <= int(match.group(1)) <= REAL_IMAGES:
             raise ValueError(f"ReaL labels are matched by file name, but validation image {file} "
-                             "is not named ILSVRC2012_val_00000001.JPEG .. _00050000.JPEG; keep "
-                             "the official validation file names")
+                             "is not named ILSVRC2012_val_00000001.JPEG .. _00050000.JPEG")
         labels.append(entries[int(match.group(1)) - 1])
     return labels
 
@@ -428,15 +381,15 @@ def real_hits(pred: torch.Tensor, labels: list[list[int]]) -> tuple[int, int]:
 # --------------------------------------------------------------------------------- entry points
 def _check_options(name: str, root: str | None, *, image_size: int | None,
                    eval_spec: dict | None, classes, max_per_class, augment: str,
-                   eval_framing: str = "weights") -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-    if eval_framing not in EVAL_FRAMINGS:
-        raise ValueError(f"unknown eval_framing {eval_framing!r}; choose one of {EVAL_FRAMINGS}")
-    if root is None and name != "synthetic":
+                   eval_framing: str) -> None:
+    for option, value, choices in (("dataset", name, DATASETS), ("augment", augment, AUGMENTS),
+                                   ("eval_framing", eval_framing, EVAL_FRAMINGS)):
+        if value not in choices:
+            raise ValueError(f"unknown {option} {value!r}; choose one of {choices}")
+    if name != "synthetic" and root is None:
         raise ValueError(f"{name} needs root, the directory that holds (or will hold) its "
                          "files (--data-dir in train.py)")
-    if root is not None and name != "synthetic" and Path(root).is_file():
+    if name != "synthetic" and Path(root).is_file():
         raise NotADirectoryError(f"{name}: data root {root} is a file, expected a folder; pass "
                                  "the folder that holds (or will hold) the dataset's files")
     if classes is not None and name not in ("imagenet", "folder"):
@@ -446,11 +399,9 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
                          f"not {name}")
     if max_per_class is not None and max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; choose one of {AUGMENTS}")
     if name == "synthetic" and augment != "none":
         raise ValueError(f"synthetic takes no augmentation (it would move the marks that tell "
-                         f"look-alike objects apart); got augment={augment!r}, use 'none'")
+                         f"twins apart); got augment={augment!r}, use 'none'")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     if eval_spec is None:
@@ -468,17 +419,12 @@ def _check_options(name: str, root: str | None, *, image_size: int | None,
 def build_datasets(name: str, root: str | None = None, *, image_size: int | None = None,
                    eval_spec: dict | None = None, augment: str = "none",
                    classes: int | str | None = None, max_per_class: int | None = None,
-                   download: bool = False, seed: int = 0, expected_num_classes: int | None = None,
-                   weights_name: str | None = None, eval_framing: str = "weights",
+                   download: bool = False, seed: int = 0, eval_framing: str = "weights",
                    on_device: bool = False) -> tuple[Dataset, Dataset, DataInfo]:
-    """(train_set, val_set, info). Items are (image_tensor float32 (3,H,W) normalized, label int).
-
-    `synthetic` ignores `root` (its images come from `seed`). `augment` is one of AUGMENTS
-    (inputs/transforms.py); the default, none, trains on the eval framing.
-    `eval_framing` (EVAL_FRAMINGS): the val split's framing, the weights' own or the authors'.
-    `on_device`: items are uint8, and a set's `batch_transform` (device_split) finishes a batch
-    on the device; build_loader(..., device=) applies it.
-    """
+    """(train_set, val_set, info) of dataset `name` under `root` (`synthetic`: none, its images
+    come from `seed`). `augment`, `eval_spec` (the released weights' eval transform) and
+    `eval_framing`: see make_transforms. `on_device`: items stay uint8, and each set's
+    `batch_transform` (device_split) finishes a batch on the device, in build_loader."""
     _check_options(name, root, image_size=image_size, eval_spec=eval_spec, classes=classes,
                    max_per_class=max_per_class, augment=augment, eval_framing=eval_framing)
     train_tf, val_tf, size = make_transforms(name, image_size=image_size, eval_spec=eval_spec,
@@ -496,7 +442,7 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
         # greener twin) share one, so look-alike, semantically unrelated classes are grouped.
         coarse_of_class = [RANKING[c] // 2 for c in range(SYNTHETIC_CLASSES)]
         coarse_names = list(SHAPE_NAMES)
-    elif name in CIFAR_STATS:
+    elif name in ("cifar10", "cifar100"):
         train, val, class_names, coarse_of_class, coarse_names = build_cifar(
             name, root, train_tf=train_tf, val_tf=val_tf, download=download)
     elif name in ("imagenet", "folder"):
@@ -506,33 +452,15 @@ def build_datasets(name: str, root: str | None = None, *, image_size: int | None
     else:
         build = build_places365 if name == "places365" else build_inat2018
         train, val, class_names = build(root, train_tf=train_tf, val_tf=val_tf, download=download)
+    if len(class_names) < 2:
+        raise ValueError(f"{name}: {root} has {len(class_names)} class; a classifier needs at "
+                         "least 2 classes")
+    train.batch_transform = train_tail
+    val.batch_transform = val_tail
     info = DataInfo(name=name, num_classes=len(class_names), image_size=size,
                     class_names=class_names, augment=augment, coarse_of_class=coarse_of_class,
                     coarse_names=coarse_names)
-    if info.num_classes < 2:
-        raise ValueError(f"{name}: {root} has {info.num_classes} class; a classifier needs at "
-                         "least 2 classes")
-    if expected_num_classes is not None and expected_num_classes != info.num_classes:
-        raise ValueError(f"pretrained head of {weights_name or 'the weights'} has "
-                         f"{expected_num_classes} classes but {name} has {info.num_classes}; use "
-                         "--method vit to fine-tune a new head, or pick matching weights")
-    train.batch_transform = train_tail
-    val.batch_transform = val_tail
     return train, val, info
-
-
-class EvalShardSampler(Sampler[int]):
-    """Indices rank::world_size: disjoint shards covering the set exactly once
-    (DistributedSampler pads shards with repeated samples, which would skew eval accuracy)."""
-
-    def __init__(self, dataset_size: int, *, rank: int, world_size: int) -> None:
-        self.indices = range(rank, dataset_size, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def default_workers(world_size: int) -> int:
@@ -548,11 +476,11 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
                  rank: int = 0, world_size: int = 1, seed: int = 0,
                  pin_memory: bool = False, device: torch.device | str = "cpu"
                  ) -> DataLoader | OnDevice:
-    """Train: shuffled by a DistributedSampler (also for one process: call
-    loader.sampler.set_epoch(e), so each epoch's order depends on (seed, epoch) alone and a resumed
-    run sees the same batches), last partial batch dropped. Eval: in order, nothing dropped,
-    disjoint unpadded shards. A set with a `batch_transform` (build_datasets(on_device=True))
-    has its batches moved to `device` and finished there (inputs/on_device.OnDevice)."""
+    """Train: shuffled by a DistributedSampler, also for one process (call
+    loader.sampler.set_epoch(e): the order depends on (seed, epoch) alone, so a resumed run sees
+    the same batches), last partial batch dropped. Eval: in order, nothing dropped, each rank
+    the shard rank::world_size. A set with a `batch_transform` has its batches moved to `device`
+    and finished there (inputs/on_device.OnDevice)."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size="
                          f"{batch_size}, rank={rank}, world_size={world_size}")
@@ -565,14 +493,14 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
     if train:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=seed, drop_last=True)
-    else:
-        sampler = EvalShardSampler(len(dataset), rank=rank, world_size=world_size)
+    else:  # disjoint and unpadded (DistributedSampler pads with repeats, skewing accuracy)
+        sampler = range(rank, len(dataset), world_size)
     # Seeds the workers' augmentation RNGs, distinct per rank. (With workers > 0 a resumed run
     # draws other augmentations; with 0 workers or on the device the global RNG, restored, does.)
     generator = torch.Generator().manual_seed(seed * world_size + rank)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        sampler=sampler, drop_last=train, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
+                        num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=pin_memory, generator=generator)
     tail = getattr(dataset, "batch_transform", None)
     return loader if tail is None else OnDevice(loader, device, tail)
 
@@ -583,18 +511,21 @@ def build_loaders(r, *, rank: int, world: int, workers: int | None, device: torc
     stages of a run share them. train=False (evaluation): no training loader, None in its place.
     On CUDA, RandAugment and the normalize run on the GPU (inputs/on_device.py)."""
     spec = pretrained.eval_spec(r.pretrained) if r.pretrained else None
-    expected = None
-    if r.pretrained and r.stage == "llb":  # LLB keeps the released head: the same label set
-        expected = pretrained.num_classes(r.pretrained)
     if download and rank > 0:
         distributed.barrier()  # wait for rank 0's download, then read it
     train_set, val_set, info = build_datasets(
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
         augment=r.augment, classes=r.classes, max_per_class=r.max_per_class,
-        download=download and rank == 0, seed=r.seed, expected_num_classes=expected,
-        weights_name=r.pretrained, eval_framing=r.eval_framing, on_device=device.type == "cuda")
+        download=download and rank == 0, seed=r.seed, eval_framing=r.eval_framing,
+        on_device=device.type == "cuda")
     if download and rank == 0:
         distributed.barrier()
+    # LLB keeps the released head: the data must have its label set
+    head = pretrained.num_classes(r.pretrained) if r.pretrained and r.stage == "llb" else None
+    if head is not None and head != info.num_classes:
+        raise ValueError(f"pretrained head of {r.pretrained} has {head} classes but {r.dataset} "
+                         f"has {info.num_classes}; use --method vit to fine-tune a new head, or "
+                         "pick matching weights")
     loader = dict(workers=workers, rank=rank, world_size=world, seed=r.seed,
                   pin_memory=device.type == "cuda", batch_size=r.batch_size, device=device)
     train_loader = build_loader(train_set, train=True, **loader) if train else None

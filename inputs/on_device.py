@@ -1,13 +1,8 @@
-"""The end of the input pipeline run on the accelerator, on whole batches (as timm's prefetching
-loader does): the loader processes hand over uint8 images, and the device applies RandAugment
-per image and normalizes.
-
-Why: per loader core on 500x375 JPEGs, RandAugment(3, 9) costs ~1.7 ms an image (as much as
-decoding it) and normalizing ~0.1 ms, and a float32 batch is 4x the bytes of a uint8 one through
-shared memory and the pinned copy. An 8-GPU ImageNet run is loader-bound
-(docs/performance.md). data.build_datasets(..., on_device=True) splits the transforms; recipe's
-loaders turn it on where the device is CUDA. On the CPU the loader processes keep the whole
-transform (RandAugment's PIL kernels are ~3x faster there than these tensor kernels).
+"""The end of the input pipeline on the accelerator, on whole batches (as timm's prefetching
+loader): the loader hands over uint8 images, the device runs RandAugment per image and the
+normalize. RandAugment(3, 9) costs a loader core as much as decoding the JPEG, and uint8 is a
+quarter of float32's bytes: an 8-GPU ImageNet run is loader-bound (docs/performance.md).
+data.build_loaders uses it on CUDA; on the CPU, PIL's RandAugment in the loader is ~3x faster.
 
     tail = torch.nn.Sequential(BatchRandAugment(3, 9), transforms.ToNormalized(mean, std))
     for x, y in OnDevice(loader, device, tail): ...  # x: (B, 3, H, W) float32 on `device`
@@ -22,7 +17,6 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
 
-# RandAugment's ops that move pixels: one grid_sample for all images that drew any of them
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
@@ -56,11 +50,10 @@ def warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     k, _, h, w = images.shape
     # theta^T / (w/2, h/2): (k, 3, 2), computed on the host as v2 does, then one async copy
     scaled = to_device(matrices.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h]), images.device)
-    base = torch.empty(1, h, w, 3, device=images.device)  # (x, y, 1) of each output pixel centre
-    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=images.device))
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=images.device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=images.device)
-    base[..., 1].copy_(ys.unsqueeze(-1))
-    base[..., 2].fill_(1)
+    ones = torch.ones(h, w, device=images.device)
+    base = torch.stack([*torch.meshgrid(xs, ys, indexing="xy"), ones], -1)  # (H, W, 3): x, y, 1
     grid = base.view(1, h * w, 3).expand(k, -1, -1).bmm(scaled).view(k, h, w, 2)  # in [-1, 1]
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)
@@ -68,24 +61,17 @@ def warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 
 class BatchRandAugment(torch.nn.Module):
-    """RandAugment(num_ops, magnitude) on a uint8 batch (B, 3, H, W), each image its own draw.
-
-    Per image and round: one of torchvision's 14 ops, uniformly, at the magnitude's bin of its
-    range, negated with probability 1/2 where the op is signed: v2.RandAugment's distribution,
-    drawn for the whole batch at once from the global CPU generator (v2 draws image by image,
-    ~0.1 ms an image in Python). The images that drew the same colour op and sign in a round go
-    through torchvision's kernel for it together; all that drew a shear, translate or rotate go
-    through one grid_sample (`warp`: torchvision's grid math, batched, as its own kernel copies
-    each matrix to the device and so waits for the GPU).
-    Note: tensor kernels, not PIL's (as transforms.AsPIL): 0.06-0.17 uint8 levels apart on average,
-    but where a rotate or shear rounds differently an edge pixel can differ fully
-    (benchmark_data.py --jpeg, docs/performance.md).
+    """RandAugment(num_ops, magnitude) on a uint8 batch (B, 3, H, W), each image its own draw
+    of v2.RandAugment's ops and signs, drawn for the whole batch at once from the global CPU
+    generator. The images that drew the same colour op and sign go through its torchvision kernel
+    together; all that drew a shear, translate or rotate through one grid_sample (`warp`).
+    Note: tensor kernels, not PIL's (transforms.AsPIL): 0.06-0.17 uint8 levels apart on average,
+    an edge pixel fully where a rotate or shear rounds differently (docs/performance.md).
     """
 
     def __init__(self, num_ops: int = 3, magnitude: int = 9) -> None:
         super().__init__()
-        # Note: torchvision's op table and kernels, through its private names; the tests
-        # (tests/test_on_device.py) fail if a torchvision version changes them.
+        # Note: torchvision's private op table and kernels (tests/test_on_device.py checks them)
         self.reference = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
     def signed_magnitudes(self, height: int, width: int) -> dict:
@@ -108,45 +94,33 @@ class BatchRandAugment(torch.nn.Module):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         op = torch.randint(len(names), (world, num_ops, batch))[rank]  # (rounds, B) image's op
         negative = (torch.rand(world, num_ops, batch) <= 0.5)[rank]  # (rounds, B) if signed
-        rounds = []
-        for r in range(num_ops):
-            groups = {}
-            for k, name in enumerate(names):
-                value, signed = table[name]
-                for sign in (1, -1) if signed else (1,):
-                    members = op[r] == k
-                    if signed:
-                        members &= negative[r] == (sign < 0)
-                    if members.any():
-                        groups[(name, sign * value)] = members.nonzero()[:, 0]
-            rounds.append(groups)
-        return rounds
+        signed = torch.tensor([table[name][1] for name in names])
+        code = 2 * op + (negative & signed[op])  # (rounds, B): 2 * op + 1 where negated
+        values = [v for name in names for v in (table[name][0], -table[name][0])]  # by code
+        return [{(names[c // 2], values[c]): (row == c).nonzero()[:, 0]
+                 for c in row.unique().tolist()} for row in code]
 
     def apply(self, images: torch.Tensor, rounds: list[dict]) -> torch.Tensor:
-        """`images` (B, 3, H, W) uint8 through the drawn ops, round after round (a new tensor).
-        No host sync: a round's indices, and its matrices, each go to the device in one async
-        copy from pinned memory."""
+        """`images` (B, 3, H, W) uint8 through the drawn ops, round after round (a new tensor),
+        without a host sync: a round's indices, and its matrices, go to the device in one copy."""
         ra = self.reference
-        height, width = images.shape[-2:]
         out = images.clone()
         for groups in rounds:
             ops = [op for op in groups if op[0] != "Identity"]
             if not ops:
                 continue
-            members = [groups[op] for op in ops]
-            index = to_device(torch.cat(members), images.device).split([len(m) for m in members])
-            moved = [i for i, (name, _) in enumerate(ops) if name in GEOMETRIC]
+            index = to_device(torch.cat([groups[op] for op in ops]), images.device)
+            index = dict(zip(ops, index.split([len(groups[op]) for op in ops])))
+            moved = [op for op in ops if op[0] in GEOMETRIC]
             if moved:  # every image that drew a shear, translate or rotate: one grid_sample
-                per_op = [inverse_affine(*ops[i], height, width) for i in moved]  # one per op
-                matrices = torch.tensor([m for i, m in zip(moved, per_op)
-                                         for _ in members[i]]).view(-1, 2, 3)  # (k, 2, 3)
-                where = torch.cat([index[i] for i in moved])
-                out[where] = warp(out[where], matrices)
-            for i, (name, magnitude) in enumerate(ops):
-                if name not in GEOMETRIC:  # colour ops: torchvision's kernel on the images
-                    out[index[i]] = ra._apply_image_or_video_transform(
-                        out[index[i]], name, magnitude, interpolation=ra.interpolation,
-                        fill=ra._fill)  # (k, 3, H, W) -> (k, 3, H, W)
+                matrices = torch.tensor([inverse_affine(*op, *images.shape[-2:]) for op in moved])
+                counts = torch.tensor([len(groups[op]) for op in moved])
+                where = torch.cat([index[op] for op in moved])
+                out[where] = warp(out[where], matrices.repeat_interleave(counts, 0).view(-1, 2, 3))
+            for op in ops:
+                if op[0] not in GEOMETRIC:  # colour ops: torchvision's kernel, (k, 3, H, W)
+                    out[index[op]] = ra._apply_image_or_video_transform(
+                        out[index[op]], *op, interpolation=ra.interpolation, fill=ra._fill)
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,8 +145,6 @@ class OnDevice:
         return len(self.loader)
 
     def __iter__(self):
-        for x, y in self.loader:
-            # uint8 over the bus: a quarter of float32's bytes; pinned by the loader on CUDA
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            yield self.transform(x), y
+        for images, labels in self.loader:  # uint8 over the bus, pinned by the loader on CUDA
+            yield (self.transform(images.to(self.device, non_blocking=True)),
+                   labels.to(self.device, non_blocking=True))

@@ -1,31 +1,24 @@
 """The synthetic "latent objects" set: the built-in default dataset, generated in memory.
 
-A 32x32 image is a 4x4 grid of 8x8 cells, so with patch size 8 each ViT patch is one cell. Three
-cells hold one object each; the other 13 are dark background (grey level per image) with mild
-pixel noise. There are 12 object types: 6 shapes (square, ring, plus, cross, stripes, diamond),
-each in two look-alike variants ("twins"): a plain one (even type) and a marked one (odd type).
-The first three pairs differ only by a tint (+TINT = 0.2 in one colour channel, inside the
-shape), the last three only by a one-pixel white dot in the cell corner. Brightness is jittered
-by up to 10%, never enough to cross a tint gap.
+A 32x32 image is a 4x4 grid of 8x8 cells (with patch size 8, one ViT patch each). Three cells
+hold one object each; the other 13 are dark background (grey level per image) with mild pixel
+noise. 12 object types: 6 shapes (square, ring, plus, cross, stripes, diamond), each in two
+look-alike "twins", a plain one (even type) and a marked one (odd type): the first three pairs
+differ by a tint (+TINT = 0.2 in one colour channel, inside the shape), the last three by a
+one-pixel white dot in the cell corner. Brightness is jittered by up to 10%, less than a tint.
 
-Rule: the 12 types have a fixed importance ranking (RANKING) and the label is the rank of the
-most important object in the image; ranks 0..9 are classes 0..9 (the two least important types
-never decide). Twins sit 6 ranks apart: "red square" decides class 0, its greener twin class 6,
-so swapping an object for its near-identical twin moves the image to an unrelated class, a small
-stand-in for the paper's "visually similar, semantically unrelated" classes. The other two
-objects are distinct types drawn uniformly from those ranked below the deciding one, so classes
-are exactly balanced.
+Rule: the label is the importance rank (RANKING) of the most important object in the image;
+ranks 0..9 are classes 0..9 (the two least important types never decide). Twins sit 6 ranks
+apart ("red square" decides class 0, its greener twin class 6), so swapping an object for its
+twin moves the image to an unrelated class: a stand-in for the paper's "visually similar,
+semantically unrelated" classes. The other two objects are distinct types drawn uniformly from
+those ranked below the deciding one, so classes are exactly balanced.
 
 Calibration for the CPU demo (docs/demo_seeds.md): FADED_SHARE = 15% of the marked objects are
 drawn without their mark, pixel for pixel their plain twin (`faded`); the label still follows
-the true type. Reading every object as it is drawn gives the right label on 83.5-85.8% of the
-validation images of seeds 0-4: no classifier does much better, and every image it cannot get
-right is one where a twin decides. Without fading, a from-scratch ViT either learned the 0.12
-tint of the earlier generator and scored 100% or stalled near 80%, depending on the seed; with
-a clearer mark (0.2) and the faded share, the demo's ViT scored 82.3-85.6% on seeds 0-4 (within
-about 3 points of that rule; context lets it pass the rule by up to 2), and one twin swap
-explains 91-97% of its errors. The linear-probe numbers of the earlier generator were not
-re-measured.
+the true type. Reading every object as drawn gives the right label on 83.5-85.8% of the
+validation images of seeds 0-4, any classifier's ceiling to a point or two; the demo's ViT
+scored 82.3-85.6%, one twin swap explaining 91-97% of its errors (unfaded: 100% or ~80%).
 """
 from typing import Callable
 
@@ -38,17 +31,13 @@ CELL, GRID, OBJECTS_PER_IMAGE, SYNTHETIC_CLASSES = 8, 4, 3, 10
 OBJECT_NAMES = ("red square", "red square, greener tint", "green ring", "green ring, bluer tint",
                 "blue plus", "blue plus, redder tint", "yellow cross", "yellow cross + dot",
                 "magenta stripes", "magenta stripes + dot", "cyan diamond", "cyan diamond + dot")
-# Twins share one base colour; the marked twin (odd type) gets TINT in TINT_CHANNEL or a dot.
-OBJECT_COLOURS = ((.9, .2, .2), (.9, .2, .2), (.2, .8, .3), (.2, .8, .3), (.25, .4, .95),
-                  (.25, .4, .95), (.9, .85, .2), (.9, .85, .2), (.85, .3, .85), (.85, .3, .85),
-                  (.2, .85, .85), (.2, .85, .85))
+# Twins share their shape's colour; the marked twin (odd type) gets TINT in TINT_CHANNEL or a dot.
+SHAPE_COLOURS = ((.9, .2, .2), (.2, .8, .3), (.25, .4, .95), (.9, .85, .2), (.85, .3, .85),
+                 (.2, .85, .85))
 TINTED_TYPES, TINT_CHANNEL, TINT = (1, 3, 5), (1, 2, 0), 0.2
 DOTTED_TYPES = (7, 9, 11)
-# The share of marked objects drawn without their mark, pixel for pixel their plain twin: the
-# errors no classifier avoids (about 16% of images, see the module docstring).
-FADED_SHARE = 0.15
-# object type t has shape t // 2
-SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")
+FADED_SHARE = 0.15  # of the marked objects, drawn as their plain twin (module docstring)
+SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")  # of type t: t // 2
 RANKING = (0, 3, 4, 7, 8, 11, 1, 2, 5, 6, 9, 10)  # RANKING[r] = object type of importance rank r
 
 
@@ -62,7 +51,7 @@ def _object_templates() -> tuple[torch.Tensor, torch.Tensor]:
                           inner & ((y == x) | (y == 7 - x)), inner & (y % 2 == 1),
                           (y - 3.5).abs() + (x - 3.5).abs() <= 3])
     alpha = shapes.repeat_interleave(2, dim=0).float()[:, None]
-    colour = torch.tensor(OBJECT_COLOURS)[:, :, None, None] * alpha
+    colour = torch.tensor(SHAPE_COLOURS).repeat_interleave(2, dim=0)[:, :, None, None] * alpha
     for t, channel in zip(TINTED_TYPES, TINT_CHANNEL):
         colour[t, channel] += TINT * alpha[t, 0]
     for t in DOTTED_TYPES:
@@ -100,11 +89,8 @@ def make_synthetic_objects(num_images: int, *, seed: int) -> tuple[torch.Tensor,
 
 
 class SyntheticObjects(Dataset):
-    """The in-memory latent-objects set described in the module docstring.
-
-    No augmentation: the dot that tells twins apart sits at a fixed cell corner, and a flip or
-    crop would move it or shift objects across patch borders, making objects the rule lacks.
-    """
+    """The in-memory latent-objects set of the module docstring. No augmentation: a flip or crop
+    would move the dot that tells twins apart, or shift objects across patch borders."""
 
     in_memory = True
 

@@ -1,21 +1,8 @@
-"""How an image becomes the model's input: the train and eval transforms of every dataset.
-
-`make_transforms(name, ...)` returns (train transform, val transform, output size); data.py's
-build_datasets hands them to the datasets. An image file arrives as a uint8 tensor (3, H, W)
-(data.load_uint8), is framed by v2's uint8 kernels, augmented (RandAugment on a PIL view,
-AsPIL), then turned into a normalized float32 tensor (ToNormalized). With `on_device` (training
-on CUDA) the loader stops at the uint8 crop and the GPU runs RandAugment and the normalize on
-the batch (device_split, inputs/on_device.py). Rates per core: benchmark_data.py --jpeg.
-
-Augmentation (`augment`, one of AUGMENTS): `paper` is the authors' recipe for LLB on a
-pretrained backbone, Resize `authors_resize(crop)` (bilinear; 256 for 224 px, 384 for SWAG's
-384, whatever the weights' own eval resize) -> CenterCrop -> RandAugment(3, 9) (CIFAR: crop +
-flip + RandAugment); `basic`, for a ViT from scratch, never crops away most of an image
-(`basic_steps`: a pad-and-crop up to PAD_CROP_UP_TO px, a random-resized crop above, a flip
-except on a folder: digits and text change class when mirrored); `none` trains on the eval
-framing: Resize 256 (bicubic) -> CenterCrop 224, or with `eval_spec` the released weights'
-sizes, interpolation, mean and std; `eval_framing="authors"` evaluates on Resize
-authors_resize(crop) bicubic -> CenterCrop instead.
+"""How an image becomes the model's input: `make_transforms` gives each dataset's train and val
+transforms. An image file's uint8 tensor (3, H, W) (data.load_uint8) is framed by v2's uint8
+kernels, augmented (RandAugment on a PIL view, AsPIL), then normalized to float32 (ToNormalized);
+on CUDA the GPU runs the last two on the batch (`device_split`, inputs/on_device.py). Rates per
+core: benchmark_data.py --jpeg.
 """
 from __future__ import annotations
 
@@ -84,8 +71,9 @@ class ToNormalized(torch.nn.Module):
         return f"mean={self.mean}, std={self.std}"
 
 
-def _framing(spec: dict, interpolation: str) -> list:
-    return [v2.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[interpolation]),
+def resize_crop(spec: dict) -> list:
+    """Resize (the shorter side) -> CenterCrop of an eval spec (inputs/pretrained.eval_spec)."""
+    return [v2.Resize(spec["resize_size"], interpolation=INTERPOLATIONS[spec["interpolation"]]),
             v2.CenterCrop(spec["crop_size"])]
 
 
@@ -94,67 +82,68 @@ def authors_resize(crop_size: int) -> int:
     return AUTHORS_RESIZE.get(crop_size, round(crop_size * 256 / 224))
 
 
-def authors_spec(spec: dict) -> dict:
-    """`spec` with the authors' eval framing: Resize authors_resize(crop) bicubic -> CenterCrop."""
-    return dict(spec, resize_size=authors_resize(spec["crop_size"]), interpolation="bicubic")
+def authors_spec(spec: dict, interpolation: str = "bicubic") -> dict:
+    """`spec` with the authors' framing: Resize authors_resize(crop) -> CenterCrop."""
+    return dict(spec, resize_size=authors_resize(spec["crop_size"]), interpolation=interpolation)
 
 
 def make_transforms(name: str, *, image_size: int | None, eval_spec: dict | None,
                     augment: str, eval_framing: str = "weights"
                     ) -> tuple[v2.Compose, v2.Compose, int]:
-    """(train transform, val transform, output size) for dataset `name` and `augment`;
-    eval_framing "authors" replaces the val framing of `eval_spec` by the authors'
-    (authors_spec)."""
-    randaugment = [AsPIL(v2.RandAugment(num_ops=3, magnitude=9))]
-    if name == "synthetic" or name in CIFAR_STATS:  # native 32 px; augment before any resize
-        mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
-        framing = []
-        size = 32
-        val_framing = []
-        if eval_spec is not None:
-            framing = _framing(eval_spec, eval_spec["interpolation"])
-            val_spec = authors_spec(eval_spec) if eval_framing == "authors" else eval_spec
-            val_framing = _framing(val_spec, val_spec["interpolation"])
-            size = eval_spec["crop_size"]
-            mean = eval_spec["mean"]
-            std = eval_spec["std"]
-        elif image_size is not None and image_size != 32:  # nearest keeps the synthetic cells crisp
-            mode = INTERPOLATIONS["nearest" if name == "synthetic" else "bicubic"]
-            framing = [v2.Resize(image_size, interpolation=mode)]
-            val_framing = framing
-            size = image_size
-        if name == "synthetic":  # already float tensors; never augmented (see SyntheticObjects)
-            normalize = [v2.Normalize(mean, std)]
-            return (v2.Compose(framing + normalize), v2.Compose(val_framing + normalize), size)
-        # basic: a random 32 px crop of the image zero-padded to 40 px, and a flip
-        crop_flip = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
-        augment_steps = {"paper": crop_flip + randaugment, "basic": crop_flip, "none": []}
-        train_steps = augment_steps[augment] + framing
-        val_steps = val_framing
-    else:  # photo sets: 224 px by default
+    """(train transform, val transform, output size) of dataset `name`. Val: the weights'
+    `eval_spec` (sizes, interpolation, mean, std), else Resize 256 bicubic -> CenterCrop 224 (or
+    `image_size`), CIFAR and synthetic at 32 px; eval_framing "authors": authors_spec's. Train,
+    `augment`: `none` the weights' own framing; `paper` the authors' recipe for LLB (RandAugment
+    (3, 9) after their framing, or CIFAR's crop + flip); `basic`, for a ViT from scratch, CIFAR's
+    crop + flip or basic_steps. Synthetic is never augmented (inputs/synthetic.py)."""
+    small = name == "synthetic" or name in CIFAR_STATS  # native 32 px; augment before any resize
+    spec = eval_spec
+    if spec is None and not small:
         side = image_size if image_size is not None else 224
-        spec = eval_spec
-        if spec is None:
-            spec = {"resize_size": round(side * 256 / 224), "crop_size": side,
-                    "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        size = spec["crop_size"]
+        spec = {"resize_size": round(side * 256 / 224), "crop_size": side,
+                "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    if spec is not None:
         mean = spec["mean"]
         std = spec["std"]
-        val_spec = authors_spec(spec) if eval_framing == "authors" else spec
-        val_steps = _framing(val_spec, val_spec["interpolation"])
-        if augment == "paper":
-            # The authors' training framing, whatever the weights' eval resize (AugReg's 248):
-            # Resize 256 bilinear -> CenterCrop 224 (SWAG 384 -> 384), then RandAugment(3, 9).
-            # Note: bilinear here, bicubic for evaluation, as the authors (the eval side follows
-            # the weights' own transform unless eval_framing is "authors").
-            train_steps = _framing(authors_spec(spec), "bilinear") + randaugment
-        elif augment == "basic":
-            train_steps = basic_steps(name, size, val_steps)
-        else:  # none: the weights' own eval framing, whatever eval_framing is
-            train_steps = _framing(spec, spec["interpolation"])
-    # PIL image (or a uint8 tensor, passed through) -> plain float tensor, normalized
-    tensor = [v2.PILToTensor(), ToNormalized(mean, std)]
-    return v2.Compose(train_steps + tensor), v2.Compose(val_steps + tensor), size
+        size = spec["crop_size"]
+        train_framing = resize_crop(spec)
+        val_framing = resize_crop(authors_spec(spec) if eval_framing == "authors" else spec)
+    else:
+        mean, std = CIFAR_STATS.get(name, (SYNTHETIC_MEAN, SYNTHETIC_STD))
+        size = image_size if image_size is not None else 32
+        train_framing = []
+        if size != 32:  # nearest keeps the synthetic cells crisp
+            mode = INTERPOLATIONS["nearest" if name == "synthetic" else "bicubic"]
+            train_framing = [v2.Resize(size, interpolation=mode)]
+        val_framing = train_framing
+    if name == "synthetic":  # float tensors already
+        normalize = [v2.Normalize(mean, std)]
+        return v2.Compose(train_framing + normalize), v2.Compose(val_framing + normalize), size
+    randaugment = [AsPIL(v2.RandAugment(num_ops=3, magnitude=9))]
+    if small:  # basic: a random 32 px crop of the image zero-padded to 40 px, and a flip
+        crop_flip = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+        augment_steps = {"paper": crop_flip + randaugment, "basic": crop_flip, "none": []}
+        train_steps = augment_steps[augment] + train_framing
+    elif augment == "paper":
+        # Note: the authors train on Resize 256 bilinear -> CenterCrop 224 (SWAG 384 -> 384)
+        # whatever the weights' eval resize (AugReg's 248), and evaluate bicubic.
+        train_steps = resize_crop(authors_spec(spec, "bilinear")) + randaugment
+    elif augment == "basic":
+        train_steps = basic_steps(name, size, val_framing)
+    else:
+        train_steps = train_framing
+    tensor = [v2.PILToTensor(), ToNormalized(mean, std)]  # a PIL image (or uint8 tensor) -> float
+    return v2.Compose(train_steps + tensor), v2.Compose(val_framing + tensor), size
+
+
+def basic_steps(name: str, size: int, framing: list) -> list:
+    """`basic` for a photo set or folder at `size` px: up to PAD_CROP_UP_TO px the eval framing,
+    then a crop of it padded by size // 8 (CIFAR's recipe); above, a random-resized crop of at
+    least RESIZED_CROP_SCALE of the image. A flip, except on a folder (content unknown)."""
+    flip = [] if name == "folder" else [v2.RandomHorizontalFlip()]
+    if size <= PAD_CROP_UP_TO:
+        return framing + [v2.RandomCrop(size, padding=size // 8)] + flip
+    return [v2.RandomResizedCrop(size, scale=(RESIZED_CROP_SCALE[name], 1.0))] + flip
 
 
 def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential | None]:
@@ -169,13 +158,3 @@ def device_split(transform: v2.Compose) -> tuple[v2.Compose, torch.nn.Sequential
         ra = steps.pop(-2).transform
         tail.insert(0, BatchRandAugment(num_ops=ra.num_ops, magnitude=ra.magnitude))
     return v2.Compose(steps), torch.nn.Sequential(*tail)
-
-
-def basic_steps(name: str, size: int, framing: list) -> list:
-    """`basic` for a photo set or folder at `size` px: up to PAD_CROP_UP_TO px the eval framing,
-    then a crop of it padded by size // 8 (CIFAR's recipe); above, a random-resized crop of at
-    least RESIZED_CROP_SCALE of the image. A flip, except on a folder (content unknown)."""
-    flip = [] if name == "folder" else [v2.RandomHorizontalFlip()]
-    if size <= PAD_CROP_UP_TO:
-        return framing + [v2.RandomCrop(size, padding=size // 8)] + flip
-    return [v2.RandomResizedCrop(size, scale=(RESIZED_CROP_SCALE[name], 1.0))] + flip

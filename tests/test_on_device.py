@@ -40,14 +40,15 @@ def test_batch_randaugment_applies_v2s_ops_image_after_image(device):
         for i, image in enumerate(x):
             ops = [op for groups in rounds for op, members in groups.items() if i in members]
             assert len(ops) == 3, "one op per image and round"
+            expected = image
             for name, magnitude in ops:
-                image = reference._apply_image_or_video_transform(
-                    image, name, magnitude, interpolation=reference.interpolation,
+                expected = reference._apply_image_or_video_transform(
+                    expected, name, magnitude, interpolation=reference.interpolation,
                     fill=reference._fill)
             if device == "cpu":
-                assert torch.equal(got[i], image), f"seed {seed}, image {i}: ops {ops}"
+                assert torch.equal(got[i], expected), f"seed {seed}, image {i}: ops {ops}"
             else:  # CUDA's float kernels may round a level differently
-                levels = (got[i].float() - image.float()).abs()
+                levels = (got[i].float() - expected.float()).abs()
                 assert levels.mean() < 0.05, f"seed {seed}, image {i}: ops {ops}"
         drawn |= {name for groups in rounds for name, _ in groups}
     assert drawn == set(reference._AUGMENTATION_SPACE), "every op must be exercised"
@@ -159,8 +160,8 @@ def test_a_loader_on_the_device_gives_the_loader_processes_tensors(tmp_path, dev
     plain = data.build_datasets("imagenet", str(root), augment="none")
     moved = data.build_datasets("imagenet", str(root), augment="none", on_device=True)
     assert moved[0][0][0].dtype == torch.uint8 and moved[0].batch_transform is not None
-    for split, train in ((0, True), (1, False)):
-        loaders = [data.build_loader(sets[split], batch_size=3, train=train, workers=0,
+    for split, shuffled in ((0, True), (1, False)):
+        loaders = [data.build_loader(sets[split], batch_size=3, train=shuffled, workers=0,
                                      device=device) for sets in (plain, moved)]
         assert isinstance(loaders[1], on_device.OnDevice)
         assert len(loaders[1]) == len(loaders[0])
@@ -188,6 +189,7 @@ def test_training_and_evaluation_run_on_device_batches(tmp_path, monkeypatch):
     """train.py end to end with the CUDA path (forced here on the CPU): both stages train on
     batches finished by BatchRandAugment + ToNormalized, and evaluate on ToNormalized's."""
     build = data.build_datasets
+
     def build_on_device(*args, **kwargs):  # what data.build_loaders asks for on CUDA
         return build(*args, **kwargs | {"on_device": True})
     monkeypatch.setattr(data, "build_datasets", build_on_device)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF2  # noqa: N812
+from torchvision.transforms.v2 import functional as TF2
 
 import benchmark_data
 import data

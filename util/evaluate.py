@@ -54,8 +54,8 @@ def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
         total += len(y)
     names = list(correct)
     counts = [v for n in names for v in correct[n].tolist()] + [total]
-    if real is not None:  # this rank's images are rank::world of the split (EvalShardSampler)
-        mine = [real[i] for i in loader.sampler.indices]
+    if real is not None:  # this rank's images are rank::world of the split (data.build_loader)
+        mine = [real[i] for i in loader.sampler]
         for n in names:
             counts += data.real_hits(torch.cat(predicted[n]).cpu(), mine)
     sums = distributed.all_sum(counts, device)
