@@ -1,13 +1,14 @@
 """The paper's ablation table by one command: LLB with each of its parts switched off, N seeds.
 
     python ablation.py                               # synthetic set on a CPU: a few minutes
-    python ablation.py --seeds 3 --dataset imagenet --data-dir /data/imagenet --gpus 4 \\
-        --pretrained timm:vit_base_patch16_224.augreg_in21k_ft_in1k --weights-file model.bin
+    python ablation.py --seeds 3 --recipe vit-b16-in21k --data-dir /data/imagenet --gpus 4 \\
+        --weights-file model.safetensors
 
 Every option other than --out-dir and --seeds goes to train.py as it is (the authors ran 4 GPUs x
 128: --gpus 4 and the default --batch-size 128; p~ of L_div is per process, so 8 x 64 averages
 it over half as many patches). For each seed s = 0..N-1 (train.py --seed s), into
-<out-dir>/seed<s>/: when neither --pretrained nor --backbone is given, a ViT is trained first
+<out-dir>/seed<s>/: when no backbone is given (--pretrained, --backbone, a recipe's weights), a
+ViT is trained first
 (backbone/, one per seed); then one LLB run per trained row on that frozen backbone: full LLB
 (full/), --no-disconnect, --no-diversity and --pos-embed (the paper's "w/o visual
 disconnection", "w/o diversity" and "w/ Pos."). Rows read from those runs, not trained:
@@ -27,6 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import recipes
 import train
 from util import cli
 
@@ -109,7 +111,9 @@ def one_seed(forwarded: list, folder: Path, seed: int) -> dict:
     argv = forwarded + ["--seed", str(seed)]
     runs = {}
     backbone = []
-    trains_backbone = "--pretrained" not in forwarded and "--backbone" not in forwarded
+    options = train.parse_args(forwarded + ["--method", "vit"])  # what the rows are given
+    weights = recipes.named_recipe(options.recipe, options.dataset)[1].get("pretrained")
+    trains_backbone = not (options.pretrained or options.backbone or weights)
     if trains_backbone:  # one backbone per seed, trained here
         runs["backbone"] = (folder / "backbone",
                             run_or_read(argv + ["--method", "vit"], folder / "backbone"))
