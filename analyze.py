@@ -2,53 +2,13 @@
 
     python analyze.py RUN/last.pt       # on the data it was trained on (or --dataset ...)
 
-The paper's claim: a ViT arranges classes by what they look like (visually similar but
-semantically unrelated classes lie close in ViT space), while LLB's non-visual branch, which
-sees only latent-object ids (A N_emb) and is trained only by the labels, arranges them by the
-labels' own structure. One pass over the validation split (eval mode, no grad; `collect`)
-measures that; `write_report` writes, next to CKPT (its run directory), figures that carry their
-own title, labels and legend (drawn by plotting/figures.py):
-
-  latent_objects.png   8 validation images (one per class, the first met), each beside its patch
-                       grid coloured by the argmax latent object of each patch: LLB step 1's
-                       quantization. Same colour = same object in every image (colours follow
-                       object usage rank: the 20 most used get 20 high-contrast colours, shown
-                       in the legend with their share of patches). Under each image its class
-                       and the predictions of p_V, p_N and p_O.
-  latent_objects.txt   the same legend as text (id, RGB, share of patches) and the layout.
-  centroids_visual.png, centroids_nonvisual.png
-                       K x K cosine similarity of the class centroids (mean feature over the
-                       class's validation images) of feat_v (the ViT's space: LN(c_v), or on
-                       an average-pooling backbone such as MAE LN(mean of the patch tokens)) and
-                       of feat_n = LN(c_n) (LLB's non-visual space, on every backbone); blue
-                       -1, white 0, red +1, grey: class without images. Rows and columns are
-                       named classes in the same order in both, grouped by superclass when the
-                       set has them or --superclasses FILE gives them (black lines between
-                       superclasses, named beside the rows), else by class id.
-  centroids_pca.png    the same centroids in 2-D, one panel per space: scaled to unit length and
-                       projected on the first two principal axes of that space's centroids
-                       (PCA; the axes say their share of the variance), each class a point
-                       coloured by its superclass (legend) and named (up to 40 classes).
-  analysis.json        object usage (objects used as an argmax, perplexity exp(H(p~)) of the mean
-                       assignment p~: the effective number of objects, cf. L_div = -H(p~)),
-                       top-1 of p_V, p_N, p_O, agreement of the visual and non-visual heads, the
-                       mean off-diagonal centroid cosine per space, the mean centroid cosine
-                       within vs across superclasses (null without a hierarchy), and the share
-                       of variance of the two PCA axes per space. On CIFAR-100 the
-                       superclasses are semantic groups, which the claim predicts LLB's space
-                       pulls together more than the ViT's does; on the synthetic set they are the
-                       look-alike twins (same shape), which the ViT places close and the labels
-                       do not relate.
-
-Superclasses: CIFAR-100's 20 and the synthetic set's shapes are built in; for ImageNet or any
-folder, `--superclasses FILE` gives them (and replaces a set's own): a JSON object
-{"class name": "group"} or a text file of `class<TAB>group` lines, every class of the dataset
-(its folder name, e.g. an ImageNet wnid) with exactly one group.
+One pass over the validation split (`collect`); `write_report` writes next to CKPT (or into
+--out-dir) latent_objects.png and .txt, centroids_{visual,nonvisual,pca}.png and analysis.json:
+pictures that explain themselves (docs/pictures.md shows them, and the paper's claim they test).
 """
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -95,28 +55,25 @@ def collect(model, loader, device, autocast) -> dict:
             assign_sum += out.assign.double().sum((0, 1)).cpu()
             keep["feat_v"].append(out.feat_v.float().cpu())
             keep["feat_n"].append(out.feat_n.float().cpu())
-            keep["pred_v"].append(out.logits_v.argmax(1).cpu())
-            keep["pred_n"].append(out.logits_n.argmax(1).cpu())
-            keep["pred_o"].append(out.probs.argmax(1).cpu())
+            for head, scores in evaluate.scores_of(out).items():
+                keep[PREDICTION[head]].append(scores.argmax(1).cpu())
             keep["y"].append(y.cpu())
             for i, label in enumerate(y.tolist()):
                 if len(picked) < NUM_IMAGES and label not in picked:
                     picked[label] = (x[i].float().cpu(), ids[i], seen + i)
             seen += len(y)
-    collected = {name: torch.cat(v) for name, v in keep.items()}
-    collected["object_counts"] = counts
-    collected["assign_sum"] = assign_sum
-    collected["images"] = torch.stack([p[0] for p in picked.values()])
-    collected["image_objects"] = torch.stack([p[1] for p in picked.values()])
-    collected["image_index"] = torch.tensor([p[2] for p in picked.values()])
-    return collected
+    images, image_objects, image_index = zip(*picked.values())
+    return {**{name: torch.cat(v) for name, v in keep.items()}, "object_counts": counts,
+            "assign_sum": assign_sum, "images": torch.stack(images),
+            "image_objects": torch.stack(image_objects), "image_index": torch.tensor(image_index)}
 
 
 # ----------------------------------------------------------------------------- the report
-def latent_objects_picture(collected: dict, *, info, checkpoint_path, num_objects: int,
-                           usage: dict, run_dir: Path) -> None:
+def latent_objects_picture(collected: dict, *, info, checkpoint_path, usage: dict,
+                           run_dir: Path) -> None:
     """latent_objects.png (labelled) and latent_objects.txt (its legend as text)."""
     counts = collected["object_counts"]
+    num_objects = usage["num_objects"]
     colours = figures.colours_by_rank(counts)
     scale = max(1, math.ceil(MIN_IMAGE_PX / info.image_size))
     tiles = figures.patch_pairs(collected["images"], collected["image_objects"], colours,
@@ -135,24 +92,20 @@ def latent_objects_picture(collected: dict, *, info, checkpoint_path, num_object
     ranked = torch.argsort(-counts, stable=True)[:LEGEND_OBJECTS].tolist()
     top = [o for o in ranked if counts[o] > 0]
     items = [(colours[o].tolist(), f"object {o}: {100 * share[o]:.1f}%") for o in top]
-    title = (f"Latent objects (LLB step 1) of {checkpoint_path}, {info.name} validation split: "
-             f"each image (left) beside its {g}x{g} patches (right), each patch coloured by the "
-             f"latent object it is assigned to (argmax of p^i over {num_objects} objects). "
-             f"The same colour is the same object in every image.")
-    notes = (f"Legend: the {len(top)} most used objects and their share of all validation "
-             f"patches; {usage['used']} of {num_objects} objects are used, the others in use get "
-             f"other hues. Perplexity of the mean assignment: {usage['perplexity']:.1f} "
-             f"(effective number of objects). Under each image: its class, then the prediction "
-             f"of the ViT head p_V, the LLB head p_N and the integrated p_O.")
+    title = (f"Latent objects (LLB step 1) of {checkpoint_path} on the {info.name} validation "
+             f"split: each image beside its {g}x{g} patches, each coloured by its latent object "
+             f"(argmax of p^i over {num_objects}); one colour is one object in every image.")
+    notes = (f"Legend: the {len(top)} most used objects, share of validation patches; "
+             f"{usage['used']} of {num_objects} are used (beyond the legend: other hues). "
+             f"Perplexity of the mean assignment (effective number of objects): "
+             f"{usage['perplexity']:.1f}. Under each image: its class and the predictions of "
+             f"p_V (ViT head), p_N (LLB head), p_O (integrated).")
     image, _ = figures.tile_figure(tiles, captions=captions, title=title, columns=PAIRS_PER_ROW,
                                    legend_items=items, notes=notes)
     image.save(run_dir / "latent_objects.png")
-    side = info.image_size * scale
-    lines = [f"latent_objects.png: {len(tiles)} validation images of {info.name} (the first of "
-             f"each class met), each shown min-max normalized at {side} px (x{scale}, nearest) "
-             f"beside its {g}x{g} patch grid coloured by the argmax latent object of each patch "
-             f"(LLB step 1, {num_objects} objects). {PAIRS_PER_ROW} [image | objects] pairs per "
-             f"row, left to right:",
+    lines = [f"latent_objects.png: {len(tiles)} {info.name} validation images (the first of each "
+             f"class met), min-max normalized, x{scale} nearest, beside their {g}x{g} patches "
+             f"coloured by latent object (of {num_objects}); {PAIRS_PER_ROW} per row, in order:",
              *(f"  {n + 1}. class {k} ({names[k]})" for n, k in enumerate(classes)),
              f"objects used as an argmax on the validation set: {usage['used']} of {num_objects}; "
              f"perplexity of the mean assignment: {usage['perplexity']:.2f}",
@@ -164,9 +117,8 @@ def latent_objects_picture(collected: dict, *, info, checkpoint_path, num_object
 
 
 def centroid_picture(sim: torch.Tensor, *, space: str, info, checkpoint_path, order: list,
-                     superclass: dict | None, run_dir: Path) -> None:
+                     groups: list | None, superclass: dict | None, run_dir: Path) -> None:
     """centroids_<space>.png: the (K, K) cosine matrix in `order`, labelled."""
-    groups = [info.coarse_of_class[c] for c in order] if info.coarse_of_class else None
     feature, where = SPACES[space]
     title = (f"Class centroids in {where}, of {checkpoint_path} on the {info.name} validation "
              f"split: cosine similarity of the mean {feature} of each class's images.")
@@ -189,8 +141,9 @@ def centroid_picture(sim: torch.Tensor, *, space: str, info, checkpoint_path, or
 
 
 def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Path) -> dict:
-    """centroids_pca.png: the class centroids of both spaces (c_v's, c_n's) projected on their
-    own first two principal axes, one panel each, points coloured by superclass and named."""
+    """centroids_pca.png: the class centroids of both spaces projected on their own first two
+    principal axes, one panel each, points coloured by superclass and named; returns each
+    space's share of the variance on the two axes."""
     present = [k for k in range(info.num_classes) if not centroids["visual"][k].isnan().any()]
     groups = info.coarse_of_class or [0] * info.num_classes
     names = info.coarse_names or ["all classes"]
@@ -204,17 +157,15 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
         panels.append({"points": points[present], "title": f"{feature}: {where.split(':')[0]}",
                        "x_title": f"PC1 ({100 * share[0]:.0f}% of variance)",
                        "y_title": f"PC2 ({100 * share[1]:.0f}% of variance)"})
-    title = (f"Class centroids of {checkpoint_path} on the {info.name} validation split, in 2-D: "
-             f"the mean feature of each class (left: feat_v, the ViT's space; right: feat_n, "
-             f"LLB's non-visual space), scaled to unit length and projected on the first two "
-             f"principal axes of that space's centroids.")
+    title = (f"Class centroids of {checkpoint_path} on the {info.name} validation split, in 2-D "
+             f"(left: feat_v, the ViT's space; right: feat_n, LLB's non-visual space): the mean "
+             f"feature of each class at unit length, on the first two principal axes of its space.")
     notes = ("Each point is a class" + (f" ({len(present)} classes: too many to name)"
                                         if len(present) > figures.MAX_POINT_LABELS else ", named")
              + ("; colour: its superclass (legend)." if info.coarse_of_class else
                 "; one colour: no superclasses given (analyze.py --superclasses FILE)."))
-    if len(present) < info.num_classes:
-        missing = info.num_classes - len(present)
-        notes += f" Left out: {missing} class(es) without validation images."
+    missing = info.num_classes - len(present)
+    notes += f" Left out: {missing} class(es) without validation images." if missing else ""
     items = [(palette[g], f"{name} ({int(sizes[g])})") for g, name in enumerate(names)
              if sizes[g] > 0]
     image, _ = figures.scatter_figure(panels, title=title,
@@ -225,47 +176,46 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
     return shares
 
 
-def write_report(collected: dict, *, info, checkpoint_path, run_dir, model) -> dict:
-    """The pictures, latent_objects.txt and analysis.json of `collect`'s output in `run_dir`,
-    and a printed summary; returns what analysis.json holds."""
-    run_dir = Path(run_dir)
+def write_report(collected: dict, *, info, checkpoint_path, run_dir: Path,
+                 options: dict | None = None) -> dict:
+    """The pictures, latent_objects.txt and analysis.json (with main's `options`, when given) of
+    `collect`'s output in `run_dir`, and a printed summary; returns what analysis.json holds."""
     y = collected["y"]
     num_classes = info.num_classes
-    num_objects = model.config.num_objects
     usage = measures.object_usage(collected["object_counts"], collected["assign_sum"])
-    latent_objects_picture(collected, info=info, checkpoint_path=checkpoint_path,
-                           num_objects=num_objects, usage=usage, run_dir=run_dir)
+    latent_objects_picture(collected, info=info, checkpoint_path=checkpoint_path, usage=usage,
+                           run_dir=run_dir)
 
     # class centroids in the visual and non-visual spaces
     order = measures.class_order(num_classes, info.coarse_of_class)
+    groups = [info.coarse_of_class[k] for k in order] if info.coarse_of_class else None
     mean_sim = {}
-    superclass = {} if info.coarse_of_class else None
+    superclass = {}
     centroids = {}
     for space, (feature, _) in SPACES.items():
         centroids[space] = measures.class_centroids(collected[feature], y, num_classes)
         sim = measures.cosine_matrix(centroids[space])
         off = ~torch.eye(num_classes, dtype=torch.bool) & ~sim.isnan()
         mean_sim[space] = sim[off].double().mean().item() if off.any() else None
-        within_across = None
-        if superclass is not None:
-            within_across = measures.superclass_similarity(sim, info.coarse_of_class)
-            superclass[space] = within_across
+        superclass[space] = (measures.superclass_similarity(sim, info.coarse_of_class)
+                             if groups else None)
         centroid_picture(sim, space=space, info=info, checkpoint_path=checkpoint_path, order=order,
-                         superclass=within_across, run_dir=run_dir)
+                         groups=groups, superclass=superclass[space], run_dir=run_dir)
     pca_share = centroid_pca_picture(centroids, info=info, checkpoint_path=checkpoint_path,
                                      run_dir=run_dir)
 
-    # agreement of the heads
-    agree = measures.agreement(collected["pred_v"], collected["pred_n"], y)
     top1 = {h: 100 * (collected[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
-    groups = [info.coarse_of_class[k] for k in order] if info.coarse_of_class else None
     coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
     results = {"checkpoint": str(checkpoint_path), "dataset": info.name, "val_images": len(y),
-               "object_usage": usage, "top1": top1, "agreement": agree,
-               "mean_centroid_similarity": mean_sim, "superclass_similarity": superclass,
+               "object_usage": usage, "top1": top1,
+               "agreement": measures.agreement(collected["pred_v"], collected["pred_n"], y),
+               "mean_centroid_similarity": mean_sim,
+               "superclass_similarity": superclass if groups else None,
                "pca_variance_share": pca_share,
                "heatmap_classes": [info.class_names[k] for k in order],
                "heatmap_superclasses": coarse_names}
+    if options is not None:
+        results["options"] = options
     (run_dir / "analysis.json").write_text(json.dumps(results, indent=2) + "\n")
     print_summary(results, run_dir)
     return results
@@ -291,10 +241,9 @@ def print_summary(results: dict, run_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- superclasses
 def read_superclasses(path: str | Path, class_names: list[str]) -> tuple[list[int], list[str]]:
-    """(coarse_of_class, coarse_names) of a user's grouping of `class_names`: a JSON object
-    {class name: group} or a text file of `class<TAB>group` lines (blank lines and # comments
-    skipped). Every class needs a group; names unknown to the dataset are an error. Groups are
-    numbered in order of their first class."""
+    """(coarse_of_class, coarse_names) of a grouping of `class_names`: a JSON object
+    {class name: group} or `class<TAB>group` lines (blank lines and # comments skipped), one
+    group for every class of the dataset. Groups are numbered in order of their first class."""
     path = Path(path)
     formats = ("a JSON object {\"class name\": \"group\"} or a text file of class<TAB>group "
                "lines, one per class")
@@ -326,17 +275,16 @@ def read_superclasses(path: str | Path, class_names: list[str]) -> tuple[list[in
     unknown = [n for n in group_of if n not in known]
     if unknown:
         raise ValueError(f"superclasses file {path} names {len(unknown)} class(es) this dataset "
-                         f"does not have: {unknown[:5]}; its {len(class_names)} classes are "
-                         f"named like {class_names[:3]} (folder names, e.g. ImageNet wnids). "
-                         f"Fix the names in {path}")
+                         f"does not have: {unknown[:5]}; its {len(class_names)} classes are named "
+                         f"like {class_names[:3]} (folder names, e.g. ImageNet wnids). Fix the "
+                         f"names in {path}")
     missing = [n for n in class_names if n not in group_of]
     if missing:
         raise ValueError(f"superclasses file {path} gives no group to {len(missing)} of the "
                          f"dataset's {len(class_names)} classes: {missing[:5]}; every class "
                          f"needs one. Add them to {path} (a group of their own if need be)")
     names = list(dict.fromkeys(group_of[c] for c in class_names))  # first appearance order
-    index = {g: i for i, g in enumerate(names)}
-    return [index[group_of[c]] for c in class_names], names
+    return [names.index(group_of[c]) for c in class_names], names
 
 
 # ----------------------------------------------------------------------------- the command
@@ -368,8 +316,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
-    """Refuse to replace an analysis made with other options (analysis.json's
-    "options") unless --overwrite; the same options may be rerun."""
+    """Refuse to replace an analysis made with other options (analysis.json's "options") unless
+    --overwrite; the same options may be rerun."""
     path = folder / "analysis.json"
     if overwrite or not path.exists():
         return
@@ -387,20 +335,9 @@ def check_analysis(folder: Path, options: dict, overwrite: bool) -> None:
                      f"elsewhere with --out-dir.")
 
 
-def record_analysis(folder: Path, options: dict) -> dict:
-    """Add the options to analysis.json (atomically), for check_analysis's next look; returns
-    what it now holds."""
-    path = folder / "analysis.json"
-    results = json.loads(path.read_text()) | {"options": options}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
-    return results
-
-
 def main(argv=None) -> dict:
     """`python analyze.py CKPT`: one pass over the validation split the checkpoint was trained
-    with (or the one given), files next to CKPT."""
+    with (or the one given), files next to CKPT; returns what analysis.json holds."""
     args = parse_args(argv)
     device = torch.device(args.device)
     ckpt = checkpoint.load_checkpoint(args.checkpoint)
@@ -414,27 +351,22 @@ def main(argv=None) -> dict:
         k: getattr(r, k) for k in evaluate.DATA_OPTIONS + ("amp",)}
     with rundir.RunDir(out, [out], program="analyze.py", guard=False):
         check_analysis(out, options, args.overwrite)
-        analyze(args, ckpt, r, device, out)
-        return record_analysis(out, options)
-
-
-def analyze(args, ckpt: dict, r, device, out: Path) -> dict:
-    """The analysis of a checkpoint into `out` (checked and locked by main)."""
-    _, val_loader, info = data.build_loaders(r, rank=0, world=1, workers=args.workers,
-                                             device=device, train=False)
-    if args.superclasses is not None:  # checked before the model runs
-        info.coarse_of_class, info.coarse_names = read_superclasses(args.superclasses,
-                                                                    info.class_names)
-    if ckpt["vit_config"]["image_size"] != info.image_size:
-        raise ValueError(f"{args.checkpoint} was trained at {ckpt['vit_config']['image_size']} "
-                         f"px, but the options give {info.image_size} px: drop --image-size")
-    model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes,
-                                             source=args.checkpoint)
-    model.to(device).eval()
-    collected = collect(model, val_loader, device,
-                        recipes.autocast(r.amp, device, enabled=r.eval_amp))
-    return write_report(collected, info=info, checkpoint_path=args.checkpoint,
-                        run_dir=out, model=model)
+        _, val_loader, info = data.build_loaders(r, rank=0, world=1, workers=args.workers,
+                                                 device=device, train=False)
+        if args.superclasses is not None:  # checked before the model runs
+            info.coarse_of_class, info.coarse_names = read_superclasses(args.superclasses,
+                                                                        info.class_names)
+        if ckpt["vit_config"]["image_size"] != info.image_size:
+            raise ValueError(f"{args.checkpoint} was trained at "
+                             f"{ckpt['vit_config']['image_size']} px, but the options give "
+                             f"{info.image_size} px: drop --image-size")
+        model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes,
+                                                 source=args.checkpoint)
+        model.to(device).eval()
+        collected = collect(model, val_loader, device,
+                            recipes.autocast(r.amp, device, enabled=r.eval_amp))
+        return write_report(collected, info=info, checkpoint_path=args.checkpoint, run_dir=out,
+                            options=options)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,9 @@
-"""What every picture is drawn with: Pillow's built-in font, text (drawn, measured, wrapped,
-shortened), images stacked with a margin, a title over a figure, a legend of colour swatches, and
-round tick values for an axis.
-
-Pillow comes with torchvision: no plotting library. curves.py draws a run's curves.png with these,
-figures.py analyze.py's figures.
+"""What every picture is drawn with: Pillow (which torchvision brings) and its built-in font;
+text drawn, measured, wrapped and shortened; images stacked; a titled figure; a legend; a
+chart's axes. curves.py draws a run's curves.png with these, figures.py analyze.py's figures.
 """
 import math
-from functools import lru_cache
+from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -19,12 +16,7 @@ SMALL_SIZE = 11
 MARGIN = 12  # white around a figure
 GAP = 6  # between a label and what it labels
 TITLE_PX = 480  # a title wraps at its figure's width, at least this
-
-
-@lru_cache(maxsize=None)
-def font(size: int) -> ImageFont.FreeTypeFont:
-    """Pillow's built-in font (Aileron) at `size` px."""
-    return ImageFont.load_default(size=size)
+font = cache(ImageFont.load_default)  # font(size): Pillow's built-in font (Aileron) at size px
 
 
 def draw_text(draw: ImageDraw.ImageDraw, xy: tuple, s: str, *, size: int = SMALL_SIZE,
@@ -100,24 +92,22 @@ def titled(body: Image.Image, title: str, notes: str = "") -> tuple[Image.Image,
 def legend(items: list, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
     """Colour swatches with their text, (rgb, text) pairs flowing left to right in rows."""
     swatch = line_height(size) - 4
-    cells = [swatch + 4 + text_width(t, size) + 3 * GAP for _, t in items]
-    rows = [[]]
-    x = 0
-    for item, w in zip(items, cells):
-        if x + w > width and rows[-1]:
-            rows.append([])
-            x = 0
-        rows[-1].append((item, x))
-        x += w
     step = line_height(size) + 2
-    image = Image.new("RGB", (width, step * len(rows)), PAPER)
+    placed = []  # (rgb, text, x, y)
+    x = 0
+    y = 0
+    for rgb, t in items:
+        w = swatch + 4 + text_width(t, size) + 3 * GAP
+        if x + w > width and x > 0:
+            x = 0
+            y += step
+        placed.append((rgb, t, x, y))
+        x += w
+    image = Image.new("RGB", (width, y + step), PAPER)
     draw = ImageDraw.Draw(image)
-    for r, row in enumerate(rows):
-        for (rgb, t), x in row:
-            y = r * step
-            box = (x, y + 2, x + swatch - 1, y + 1 + swatch)
-            draw.rectangle(box, fill=tuple(rgb), outline=TEXT)
-            draw_text(draw, (x + swatch + 4, y), t, size=size)
+    for rgb, t, x, y in placed:
+        draw.rectangle((x, y + 2, x + swatch - 1, y + 1 + swatch), fill=tuple(rgb), outline=TEXT)
+        draw_text(draw, (x + swatch + 4, y), t, size=size)
     return image
 
 
@@ -138,6 +128,42 @@ def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -
 
 def tick_text(value: float, ticks: list) -> str:
     """A tick value with as many decimals as the ticks' step needs."""
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1
+    step = ticks[1] - ticks[0]
     decimals = max(0, -math.floor(math.log10(step) + 1e-9))
     return f"{value:.{decimals}f}"
+
+
+def axes(*, x_ticks: list, y_ticks: list, x_range: tuple, x_title: str, y_title: str,
+         plot_size: tuple, top: int, right: int) -> tuple:
+    """A chart without its data: a framed plot area of plot_size (w, h) px, `top` px below the
+    image's top and `right` px left of its right edge, spanning x_range and the first to last y
+    tick, with grid lines and values at the ticks, x_title under it and y_title turned left of
+    it. Returns the image, its ImageDraw, the plot box (x0, y0, x1, y1) and to_pixel(x, y)."""
+    y_labels = [tick_text(t, y_ticks) for t in y_ticks]
+    left = max(text_width(t, SMALL_SIZE) for t in y_labels) + GAP + line_height(LABEL_SIZE) + GAP
+    w, h = plot_size
+    x0, y0, x1, y1 = left, top, left + w, top + h
+    height = y1 + GAP + 2 * line_height(SMALL_SIZE) + GAP
+    image = Image.new("RGB", (x1 + right, height), PAPER)
+    draw = ImageDraw.Draw(image)
+
+    def to_pixel(x, y):
+        u = (x - x_range[0]) / (x_range[1] - x_range[0])
+        v = (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0])
+        return x0 + u * w, y1 - v * h
+
+    for t, label in zip(y_ticks, y_labels):
+        _, y = to_pixel(x_range[0], t)
+        draw.line((x0, y, x1, y), fill=GRID)
+        draw_text(draw, (x0 - GAP, y), label, anchor="rm")
+    for t in x_ticks:
+        x, _ = to_pixel(t, y_ticks[0])
+        draw.line((x, y0, x, y1), fill=GRID)
+        draw_text(draw, (x, y1 + GAP), tick_text(t, x_ticks), anchor="mt")
+    draw.rectangle((x0, y0, x1, y1), outline=TEXT)
+    draw_text(draw, ((x0 + x1) / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
+    turned = Image.new("RGB", (h, line_height(LABEL_SIZE)), PAPER)
+    draw_text(ImageDraw.Draw(turned), (h / 2, 0), shorten(y_title, h, LABEL_SIZE),
+              size=LABEL_SIZE, anchor="ma")
+    image.paste(turned.rotate(90, expand=True), (0, y0))
+    return image, draw, (x0, y0, x1, y1), to_pixel

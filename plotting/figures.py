@@ -1,20 +1,17 @@
-"""analyze.py's figures: a labelled heatmap with a colour bar, a grid of image tiles with
-captions, scatter panels with a legend; and their colours (a diverging map, a palette by rank).
-
-Drawn with draw.py's primitives (Pillow's ImageDraw and its built-in font). A figure carries its
-own title, axis labels, tick values and legend, so a PNG can be read without the code that wrote
-it. Figure builders return `(image, boxes)`: the PIL image and the pixel boxes (x0, y0, x1, y1)
-of its parts, which the tests use to check what was drawn where.
+"""analyze.py's figures, each with its own title, labels and legend: a heatmap with a colour
+bar, a grid of image tiles with captions, scatter panels; and their colours (a diverging map, a
+palette by rank). Figure builders return (image, boxes): the PIL image and the pixel boxes
+(x0, y0, x1, y1) of its parts, which the tests use to check what was drawn where.
 """
+import colorsys
 import math
 
 import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 
-from plotting.draw import (GAP, GRID, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, draw_text,
-                           legend, line_height, nice_ticks, shorten, stack, text_width, tick_text,
-                           titled)
+from plotting.draw import (GAP, LABEL_SIZE, MARGIN, PAPER, SMALL_SIZE, TEXT, axes, draw_text,
+                           legend, line_height, nice_ticks, shorten, stack, text_width, titled)
 
 # diverging colour map: BLUE at the low end (-1), WHITE at 0, RED at the high end (+1); GREY: NaN
 BLUE = (33, 102, 172)
@@ -39,16 +36,11 @@ def colours_by_rank(counts: torch.Tensor) -> torch.Tensor:
     """uint8 (n, 3): the item of rank r by count (largest first, ties by index) gets Kelly
     colour r for r < 20, else a golden-angle hue: distinct colours for the largest items."""
     n = len(counts)
-    rank_of = torch.empty(n, dtype=torch.long)
-    rank_of[torch.argsort(-counts, stable=True)] = torch.arange(n)
-    kelly = torch.tensor([[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY]).float()
-    r = torch.arange(n, dtype=torch.float)
-    hue = (r * 0.618034) % 1
-    sat = torch.full_like(r, 0.6)
-    val = 0.95 - 0.3 * (r % 2)
-    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * hue[:, None]) % 6  # HSV -> RGB, (n, 3)
-    hsv = 255 * (val[:, None] - val[:, None] * sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1))
-    palette = torch.cat([kelly, hsv[len(kelly):]])[:n]
+    rank_of = torch.argsort(torch.argsort(-counts, stable=True))  # the inverse permutation
+    kelly = [[int(c[i:i + 2], 16) for i in (0, 2, 4)] for c in KELLY]
+    hues = [[255 * v for v in colorsys.hsv_to_rgb(r * 0.618034 % 1, 0.6, 0.95 - 0.3 * (r % 2))]
+            for r in range(len(kelly), n)]  # golden-angle steps, alternately light and dark
+    palette = torch.tensor(kelly + hues)[:n]
     return palette[rank_of].round().to(torch.uint8)
 
 
@@ -101,17 +93,14 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
         cells[:, :, i * cell] = 0
     size = SMALL_SIZE if named else LABEL_SIZE
     ticks = range(k) if named else nice_ticks(0, k - 1, count=10, integer=True)[:-1]
-    texts = {int(i): shorten(labels[int(i)], MAX_LABEL_PX, size) if named else str(int(i))
-             for i in ticks}
+    texts = {i: shorten(labels[i], MAX_LABEL_PX, size) if named else str(i) for i in ticks}
     label_w = max(text_width(t, size) for t in texts.values()) + GAP
 
     # group names beside the rows, each centred on its span, a bracket along the span
-    spans = []
-    if groups:
-        edges = [0] + starts + [k]
-        spans = [(a, b, shorten(str(group_names[groups[a]] if group_names else groups[a]),
-                                MAX_LABEL_PX, SMALL_SIZE))
-                 for a, b in zip(edges[:-1], edges[1:])]
+    edges = [0] + starts + [k]
+    spans = [(a, b, shorten(str(group_names[groups[a]] if group_names else groups[a]),
+                            MAX_LABEL_PX, SMALL_SIZE))
+             for a, b in zip(edges, edges[1:]) if groups]
     group_w = max([text_width(t, SMALL_SIZE) for *_, t in spans], default=-2 * GAP) + 2 * GAP
     bar_h = side - (side + 1) % 2  # odd: its middle row is exactly 0
     bar_text_w = text_width(bar_title, SMALL_SIZE)
@@ -161,7 +150,7 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
 
 # ----------------------------------------------------------------------------- image grid
 def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int,
-                legend_items: list = (), notes: str = "") -> tuple[Image.Image, dict]:
+                legend_items: list, notes: str = "") -> tuple[Image.Image, dict]:
     """uint8 tiles (n, 3, h, w) in a grid of `columns`, each over its caption lines (`captions`,
     a list of lines per tile), then a legend of (rgb, text) swatches. Boxes: tiles (a list),
     captions (a list), legend, title."""
@@ -182,10 +171,7 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
             draw_text(draw, (x, y + h + GAP + j * step), shorten(line, w, SMALL_SIZE))
         tile_boxes.append((x, y, x + w, y + h))
         caption_boxes.append((x, y + h + GAP, x + w, y + h + GAP + lines * step))
-    parts = [grid]
-    if legend_items:
-        parts.append(legend(legend_items, grid.width, size=SMALL_SIZE))
-    body = stack(parts, gap=GAP)
+    body = stack([grid, legend(legend_items, grid.width, size=SMALL_SIZE)], gap=GAP)
     image, y_body = titled(body, title, notes)
     shift = (2 * MARGIN, y_body + MARGIN)  # body's own margin inside the figure's
 
@@ -200,47 +186,25 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
 # ----------------------------------------------------------------------------- scatter
 def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: list,
                   x_title: str, y_title: str) -> tuple[Image.Image, tuple]:
-    """(n, 2) points on round-ticked axes with grid lines, each a disc in colours[i] (rgb) and,
+    """(n, 2) points on round-ticked axes under a title, each a disc in colours[i] (rgb) and,
     for n <= MAX_POINT_LABELS, named labels[i] beside it. Returns the panel and its plot box."""
     xs = nice_ticks(float(points[:, 0].min()), float(points[:, 0].max()))
     ys = nice_ticks(float(points[:, 1].min()), float(points[:, 1].max()))
-    tick_w = max(text_width(tick_text(v, ys), SMALL_SIZE) for v in ys)
-    left = line_height(LABEL_SIZE) + GAP + tick_w + GAP  # y title (turned), tick values
-    top = line_height(LABEL_SIZE) + GAP  # the panel's title
     label_room = 120 if len(points) <= MAX_POINT_LABELS else GAP  # names right of the points
-    width = left + SCATTER_PX + label_room
-    height = top + SCATTER_PX + GAP + 2 * line_height(SMALL_SIZE) + GAP
-    panel = Image.new("RGB", (width, height), PAPER)
-    draw = ImageDraw.Draw(panel)
-    draw_text(draw, (left, 0), shorten(title, width - left, LABEL_SIZE), size=LABEL_SIZE)
-
-    def px(x, y):
-        u = (x - xs[0]) / (xs[-1] - xs[0])
-        v = (y - ys[0]) / (ys[-1] - ys[0])
-        return left + u * SCATTER_PX, top + (1 - v) * SCATTER_PX
-
-    for v in xs:  # grid lines and tick values
-        x, _ = px(v, ys[0])
-        draw.line((x, top, x, top + SCATTER_PX), fill=GRID)
-        draw_text(draw, (x, top + SCATTER_PX + GAP), tick_text(v, xs), anchor="ma")
-    for v in ys:
-        _, y = px(xs[0], v)
-        draw.line((left, y, left + SCATTER_PX, y), fill=GRID)
-        draw_text(draw, (left - GAP, y), tick_text(v, ys), anchor="rm")
-    draw.rectangle((left, top, left + SCATTER_PX, top + SCATTER_PX), outline=TEXT)
-    draw_text(draw, (left + SCATTER_PX / 2, height - GAP), x_title, size=LABEL_SIZE, anchor="md")
-    turned = Image.new("RGB", (SCATTER_PX, line_height(LABEL_SIZE)), PAPER)
-    draw_text(ImageDraw.Draw(turned), (SCATTER_PX / 2, 0),
-              shorten(y_title, SCATTER_PX, LABEL_SIZE), size=LABEL_SIZE, anchor="ma")
-    panel.paste(turned.rotate(90, expand=True), (0, top))
+    panel, draw, plot, to_pixel = axes(x_ticks=xs, y_ticks=ys, x_range=(xs[0], xs[-1]),
+                                       x_title=x_title, y_title=y_title,
+                                       plot_size=(SCATTER_PX, SCATTER_PX),
+                                       top=line_height(LABEL_SIZE) + GAP, right=label_room)
+    left = plot[0]
+    draw_text(draw, (left, 0), shorten(title, panel.width - left, LABEL_SIZE), size=LABEL_SIZE)
+    r = POINT_RADIUS
     for (x, y), rgb, name in zip(points.tolist(), colours, labels):  # discs, then their names
-        cx, cy = px(x, y)
-        r = POINT_RADIUS
+        cx, cy = to_pixel(x, y)
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(rgb), outline=TEXT)
         if len(points) <= MAX_POINT_LABELS:
             draw_text(draw, (cx + r + 2, cy), shorten(name, label_room - r, SMALL_SIZE),
                       anchor="lm")
-    return panel, (left, top, left + SCATTER_PX, top + SCATTER_PX)
+    return panel, plot
 
 
 def scatter_figure(panels: list, *, title: str, labels: list, colours: list,
@@ -248,8 +212,7 @@ def scatter_figure(panels: list, *, title: str, labels: list, colours: list,
     """Scatter panels side by side (each a dict of scatter_panel's keywords but labels and
     colours, shared by all), a legend of (rgb, text) under them, a title and notes.
     Boxes: plots (a list, one per panel), legend, title."""
-    drawn = [scatter_panel(p["points"], title=p["title"], labels=labels, colours=colours,
-                           x_title=p["x_title"], y_title=p["y_title"]) for p in panels]
+    drawn = [scatter_panel(**p, labels=labels, colours=colours) for p in panels]
     row = Image.new("RGB", (sum(d[0].width for d in drawn) + 2 * GAP * (len(drawn) - 1),
                             max(d[0].height for d in drawn)), PAPER)
     x = 0

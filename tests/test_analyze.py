@@ -4,7 +4,6 @@ import json
 import math
 import re
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -162,9 +161,8 @@ def test_write_report_on_constructed_collect_output(tmp_path, capsys):
     info = data.DataInfo(name="toy", num_classes=4, image_size=8,
                          class_names=["cat", "dog", "carp", "eel"], augment="none",
                          coarse_of_class=coarse, coarse_names=["mammals", "fish"])
-    model = SimpleNamespace(config=SimpleNamespace(num_objects=4))
     results = analyze.write_report(collected, info=info, checkpoint_path="run/last.pt",
-                                   run_dir=tmp_path, model=model)
+                                   run_dir=tmp_path)
     counts = results["agreement"]["counts"]
     assert counts == {"both_right": 4, "only_visual": 2, "only_nonvisual": 0, "both_wrong": 2}
     assert results["top1"] == {"visual": 75.0, "nonvisual": 50.0, "integrated": 75.0}
