@@ -1,21 +1,12 @@
 """Every default of a training run, in one place, read top to bottom.
 
 A training stage ("vit": a ViT; "llb": LLB on a frozen ViT) runs with one `Recipe`: every setting
-it uses, resolved before anything is built, printed at start, saved in every checkpoint
-(`ckpt["recipe"]`) and as the first line of metrics.jsonl, so that a run can be reproduced from
-its checkpoint alone. Each setting comes from the first of these that has it:
-
-    1. the command line (train.py; an option left out is None)
-    2. the checkpoint that --resume continues
-    3. the named recipe, RECIPES below (`--recipe NAME`; "demo" on the synthetic set)
-    4. the data: a folder or an ImageNet subset trained from scratch (`derived_from_data`)
-    5. the stage's defaults, STAGES below, picked by what the stage starts from
-    6. the default of the Recipe field; for LLB, llb.LLBConfig's (the authors' recipe); the
-       ViT's sizes, vit.PRESETS
-
-`python train.py --help` prints this list with every value (`defaults_table`). Where a value did
-not come from the command line, a fixed default or the checkpoint, `Recipe.origin` says where it
-came from, and the printed recipe shows it beside the value.
+it uses, resolved before anything is built, printed at start and saved in every checkpoint, so
+that a run can be reproduced from its checkpoint alone. Each setting comes from the first of:
+the command line (train.py), the checkpoint that --resume continues, the named recipe (RECIPES,
+`--recipe NAME`), the data (`derived_from_data`), the stage's defaults (STAGES), the Recipe
+field's default; for LLB llb.LLBConfig's (the authors' recipe), for the ViT's sizes vit.PRESETS.
+`python train.py --help` prints them all (`defaults_table`).
 """
 import os
 import textwrap
@@ -35,8 +26,7 @@ from util.checkpoint import saved_recipe
 
 @dataclass(kw_only=True)
 class Recipe:
-    """Every setting of one training stage, as used. Fields without a default are always
-    resolved: the stage's settings (STAGES), the input size, augmentation and autocast."""
+    """Every setting of one training stage, as used (fields without a default: always resolved)."""
 
     stage: str  # "vit" or "llb": what this stage trains (its folder and checkpoint kind)
     defaults: str  # the STAGES entry that filled the stage's settings: scratch, finetune or llb
@@ -75,9 +65,8 @@ class Recipe:
     # runtime
     world_size: int = 1  # processes; the global batch is batch_size * world_size
     amp: str  # autocast for training: bf16, fp16 (with loss scaling) or off (`default_amp`)
-    # where the values not given came from, when not from a fixed default or the checkpoint,
-    # e.g. {"epochs": "recipe demo", "image_size": "median side 25 px of 160 images"}: printed,
-    # never compared on --resume
+    # where a value came from when not from the command line, the checkpoint or a fixed default,
+    # e.g. {"epochs": "recipe demo"}: printed beside it, never compared on --resume
     origin: dict = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -113,8 +102,8 @@ STAGES = {
                 warmup_epochs=0.0, clip_grad=0.0, eval_amp=False),
 }
 
-# Named recipes: `python train.py --recipe NAME`, options given on the command line on top. Keys
-# are train.py's option names; llb_epochs and llb_lr are the LLB stage's epochs and lr.
+# Named recipes: `--recipe NAME`, the command line's options on top. Keys are train.py's options;
+# llb_epochs and llb_lr are the LLB stage's.
 PAPER_ROW = dict(method="llb", dataset="imagenet", eval_framing="authors")
 RECIPES = {
     # The CPU demo on the synthetic set (used there when --recipe is not given): finishes in
@@ -124,8 +113,7 @@ RECIPES = {
     "demo": dict(dataset="synthetic", model="micro", patch_size=8, epochs=12, llb_epochs=4,
                  llb_lr=1e-3, num_objects=64),
     # The paper's ImageNet-1k rows (docs/reproducing.md): LLB on released weights, evaluated on
-    # the authors' framing. timm's weights are published on the Hugging Face hub only:
-    # --weights-file model.safetensors
+    # the authors' framing. timm's are on the Hugging Face hub only: add --weights-file FILE
     "vit-b16-in1k": PAPER_ROW | dict(pretrained="timm:vit_base_patch16_224.augreg_in1k"),
     "vit-b16-in21k": PAPER_ROW | dict(pretrained="timm:vit_base_patch16_224.augreg_in21k_ft_in1k"),
     "vit-l16-in21k": PAPER_ROW | dict(
@@ -137,14 +125,14 @@ RECIPES = {
 # The input size when neither the weights nor a backbone fix it: the sets' own 32 px, else 224
 NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
 PHOTO_SIZE = 224  # the paper's input size, and the largest a folder's images suggest
-# A ViT from scratch on images up to SMALL_IMAGE px: the `tiny` preset with patch SMALL_PATCH (a
-# 32 px image is then 8 x 8 patches); on larger ones the `base` preset with its own patch 16
+# A ViT from scratch on images up to SMALL_IMAGE px: `tiny` with patch 4 (32 px: 8 x 8 patches);
+# on larger ones `base` with its own patch 16
 SMALL_IMAGE = 64
 SMALL_PATCH = 4
 SMALL_PRESET = "tiny"
 LARGE_PRESET = "base"
 
-# Derived from the data (`derived_from_data`): a folder, or an ImageNet subset, from scratch
+# Derived from a folder, or an ImageNet subset, trained from scratch (`derived_from_data`)
 SIZE_SAMPLE = 256  # image headers read to find the median side
 PATCH_BY_SIZE = ((SMALL_IMAGE, SMALL_PATCH), (128, 8))  # (median side up to, patch)
 LARGE_PATCH = 16  # above: the presets' own patch
@@ -154,15 +142,12 @@ PRESET_BY_IMAGES = ((10_000, "micro"), (100_000, "tiny"), (1_000_000, "small"))
 MIN_STEPS_PER_EPOCH = 4  # the batch is capped so that an epoch has at least this many steps
 OBJECTS_PER_CLASS = 2048 / 1000  # the paper's 2,048 objects for ImageNet's 1,000 classes
 MIN_OBJECTS = 64
-# Fewer training images per class than this: the printed recipe says that a ViT from scratch
-# learns little from so few (the 60-image folder of docs/real_images.md, 4 a class: ViT-micro 40%,
-# a logistic regression on pixels 90%) and that released weights (--pretrained) are the way
+# Fewer training images a class: the printed recipe says a ViT from scratch learns little from
+# so few (docs/real_images.md's 4 a class: ViT-micro 40%, pixel logistic regression 90%)
 FEW_PER_CLASS = 20
 
-# Fields a resumed run may change: where files are, not what is trained
-SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")
-# Memory of one synthetic image while the set is generated (float32, 3 x 32 x 32)
-SYNTHETIC_IMAGE_BYTES = 4 * 3 * 32 * 32
+SAFE_TO_CHANGE = ("data_dir", "weights_file", "backbone")  # on --resume: where files are
+SYNTHETIC_IMAGE_BYTES = 4 * 3 * 32 * 32  # a synthetic image while generated (float32)
 
 
 def default_augment(dataset: str, *, from_weights: bool, backbone_augment: str | None) -> str:
@@ -184,20 +169,8 @@ def default_augment(dataset: str, *, from_weights: bool, backbone_augment: str |
     return "none" if dataset == "folder" else "basic"
 
 
-def input_size(dataset: str, name: str | None, source: dict | None) -> int:
-    """The input size when --image-size is not given and the data suggests none: the crop of the
-    released weights `name`, the backbone checkpoint's, else the dataset's own (NATIVE_SIZE,
-    PHOTO_SIZE)."""
-    if name:
-        return pretrained.eval_spec(name)["crop_size"]
-    if source:
-        return source["image_size"]
-    return NATIVE_SIZE.get(dataset, PHOTO_SIZE)
-
-
 def named_recipe(name: str | None, dataset: str | None) -> tuple[str | None, dict]:
-    """(name, a copy of its settings) of the named recipe a run uses: --recipe NAME, else the
-    demo's on its dataset (given, or the default), else (None, {})."""
+    """(name, a copy of its settings): --recipe NAME, else "demo" on its dataset, else none."""
     if name is None and (dataset or Recipe.dataset) == RECIPES["demo"]["dataset"]:
         name = "demo"
     return name, dict(RECIPES.get(name, {}))
@@ -226,20 +199,15 @@ def defaults_table() -> str:
         return textwrap.fill(pairs, 100, initial_indent=f"  {name}: ", subsequent_indent=" " * 6)
 
     plain = {f.name: f.default for f in fields(Recipe) if f.default not in (MISSING, None)}
-    lines = [textwrap.fill(
-        "Where each setting comes from, first to last (recipes.py): the command line; the "
-        "checkpoint of --resume; the named recipe; the data (a folder from scratch); the stage's "
-        "defaults; the field's default.", 100), "",
-        f"named recipes (--recipe NAME; demo on the {RECIPES['demo']['dataset']} set when "
-        f"--recipe is not given):"]
-    lines += [line(name, values) for name, values in RECIPES.items()]
-    lines += ["", "the stage's defaults (scratch: a ViT from scratch; finetune: from weights or "
-              "a checkpoint; llb: LLB):"]
-    lines += [line(name, values) for name, values in STAGES.items()]
-    lines += ["", "every stage:", line("Recipe", plain),
-              "LLB's (layer None: the backbone's depth - 1):",
-              line("llb.LLBConfig", asdict(llb.LLBConfig()))]
-    return "\n".join(lines)
+    return "\n".join([
+        "Each setting comes from the first of (recipes.py): the command line; the checkpoint of",
+        "--resume; the named recipe; a folder's images; the stage's defaults; the field's.",
+        "", f"named recipes (--recipe NAME; demo on the {Recipe.dataset} set by default):",
+        *(line(name, values) for name, values in RECIPES.items()),
+        "", "the stage's defaults (a ViT from scratch, from weights or a checkpoint, LLB):",
+        *(line(name, values) for name, values in STAGES.items()),
+        "", "every stage's, and LLB's (layer None: the backbone's depth - 1):",
+        line("Recipe", plain), line("llb.LLBConfig", asdict(llb.LLBConfig()))])
 
 
 # ----------------------------------------------------------------------------- from the data
@@ -269,18 +237,11 @@ def objects_for(classes: int) -> int:
 
 def derived_from_data(dataset: str, data_dir: str | None, *, classes, max_per_class,
                       world_size: int, from_weights: bool, size_given: int | None) -> dict:
-    """Settings a folder (or an ImageNet subset) trained from scratch suggests, read cheaply from
-    its training split (`data.folder_summary`: the number of images and classes, the sides of up
-    to SIZE_SAMPLE images from their headers): {name: (value, where it came from)}; {} for other
-    data or released weights, or when the folder cannot be read (data.build_datasets then says
-    why).
-
-      image_size   the median shorter side, a multiple of the patch (`size_for`)
-      patch_size   the smallest patch whose bound the median side is within (`patch_for`)
-      model        a preset no larger than the number of images supports (`preset_for`)
-      batch_size   a cap: at least MIN_STEPS_PER_EPOCH steps an epoch (`batch_cap`)
-      num_objects  OBJECTS_PER_CLASS per class, at least MIN_OBJECTS (`objects_for`)
-    """
+    """What a folder (or an ImageNet subset) trained from scratch suggests, from its training
+    split's image count, class count and median side (`data.folder_summary`): {name: (value,
+    where it came from)} for image_size, patch_size, model, batch_size (a cap) and num_objects
+    (the rules above); {} for other data, or when the folder cannot be read (data.build_datasets
+    then says why)."""
     subset = classes is not None or max_per_class is not None
     ours = dataset == "folder" or (dataset == "imagenet" and subset)
     if from_weights or not ours or not data_dir:
@@ -304,8 +265,8 @@ def derived_from_data(dataset: str, data_dir: str | None, *, classes, max_per_cl
         "model": (preset_for(images), f"{images} training images{few}"),
         "batch_size": (batch_cap(images, world_size), f"capped: {images} training images, >= "
                                                       f"{MIN_STEPS_PER_EPOCH} steps an epoch"),
-        "num_objects": (objects_for(summary["classes"]), f"{summary['classes']} classes x "
-                                                         f"{OBJECTS_PER_CLASS:g}, >= {MIN_OBJECTS}"),
+        "num_objects": (objects_for(summary["classes"]),
+                        f"{summary['classes']} classes x {OBJECTS_PER_CLASS:g}, >= {MIN_OBJECTS}"),
     }
 
 
@@ -314,14 +275,10 @@ def derived_from_data(dataset: str, data_dir: str | None, *, classes, max_per_cl
 
 def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None = None,
             source: dict | None = None, first_stage: bool = True) -> Recipe:
-    """The Recipe of `stage` ("vit" or "llb") from train.py's parsed options (None: not given).
-
-    backbone: the checkpoint the stage starts from (--backbone, or the ViT stage's last.pt);
-    base:   the recipe of the checkpoint this stage resumes (unset options: its values);
-    source: the recipe of that backbone checkpoint (its input size, augmentation and model);
-    first_stage: False for the LLB stage of vit+llb, which builds on the ViT stage, not on
-    --pretrained.
-    """
+    """The Recipe of `stage` ("vit" or "llb") from train.py's options (None: not given).
+    backbone: the checkpoint it starts from; base: the recipe of the checkpoint it resumes;
+    source: the backbone's recipe (its size, augmentation, model); first_stage: False for
+    vit+llb's LLB stage, which builds on the ViT stage, not on --pretrained."""
     given = {k: v for k, v in vars(args).items() if v is not None}
     if not first_stage:
         given.pop("pretrained", None)
@@ -330,8 +287,7 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
     origin = {}
 
     def pick(name: str, fallback, why: str | None = None):
-        """The command line's value, the resumed checkpoint's, the named recipe's, `fallback`
-        (from `why`, printed when not None)."""
+        """The command line's, the checkpoint's, the named recipe's, else `fallback` (`why`)."""
         if name in given:
             return given[name]
         if name in base:
@@ -343,8 +299,7 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
             origin[name] = why
         return fallback
 
-    # the named recipe; an LLB stage takes its llb_epochs and llb_lr (on the command line: those
-    # of vit+llb's LLB stage)
+    # the named recipe; an LLB stage takes llb_epochs and llb_lr for epochs and lr
     recipe_name, named = named_recipe(args.recipe, given.get("dataset", base.get("dataset")))
     if stage == "llb":
         for name in ("epochs", "lr"):
@@ -369,9 +324,15 @@ def resolve(args, stage: str, *, backbone: str | None = None, base: dict | None 
         from_weights=from_weights and not scratch_backbone, size_given=given.get("image_size"))
     if "batch_size" in derived and derived["batch_size"][0] < values["batch_size"]:
         values["batch_size"] = pick("batch_size", *derived["batch_size"])
-    size = derived.get("image_size") if stage == "vit" else None
-    if size is None:
-        size = (input_size(dataset, values["pretrained"], source), None)
+    # the input size: the data's, the weights' crop, the backbone's, else the dataset's own
+    if stage == "vit" and "image_size" in derived:
+        size = derived["image_size"]
+    elif values["pretrained"]:
+        size = (pretrained.eval_spec(values["pretrained"])["crop_size"], None)
+    elif source:
+        size = (source["image_size"], None)
+    else:
+        size = (NATIVE_SIZE.get(dataset, PHOTO_SIZE), None)
     values["image_size"] = pick("image_size", *size)
     augment = default_augment(dataset, from_weights=bool(values["pretrained"]),
                               backbone_augment=(source or {}).get("augment"))

@@ -7,12 +7,10 @@
     python train.py --eval-only runs/x/last.pt             # on the data it was trained on
 
 `--method vit+llb` (default) is `--method vit` into <out-dir>/vit, then `--method llb` on that
-frozen ViT into <out-dir>. Each stage resolves its settings once into a Recipe (recipes.py: every
-default, and where each comes from), printed at start and saved in every checkpoint. It writes
-last.pt (after every epoch, before evaluating it), best.pt (best validation top-1), metrics.jsonl
-(the recipe, then one line per epoch), curves.png and results.json (the LAST epoch's numbers:
-nothing is selected on the validation split). Speed and memory: benchmark.py. What LLB learned:
-analyze.py.
+frozen ViT into <out-dir>. Each stage resolves its settings into a Recipe (recipes.py), printed
+and saved in every checkpoint, and writes last.pt (every epoch, before evaluating it), best.pt,
+metrics.jsonl, curves.png and results.json (the LAST epoch's: nothing is selected on the
+validation split).
 """
 import argparse
 import json
@@ -236,11 +234,9 @@ def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0
 
 def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int,
                 timed: tuple | None = None) -> dict:
-    """One pass over this rank's shard. Returns the sums of the loss statistics over its steps
-    (a tensor per name, on the device) and "steps"; nothing is read back per step.
-    timed: (epochs left, validation steps) in a stage's first epoch: the steps after the first
-    (which warms up, and compiles) up to the first read back are timed, and the stage's expected
-    time is printed."""
+    """One pass over this rank's shard: the sums of the loss statistics over its steps (tensors
+    on the device; nothing is read back per step) and "steps". timed: (epochs left, validation
+    steps) in a stage's first epoch, whose expected time is then printed."""
     model = unwrap(net)
     device = next(model.parameters()).device
     net.train()
@@ -254,7 +250,7 @@ def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int
     bar = tqdm(loader, desc=f"[{r.stage}] epoch {epoch + 1}/{r.epochs}", leave=False,
                disable=not is_master())
     for i, (x, y) in enumerate(bar):
-        if timed and i == 1:  # after a first step that warms up (and compiles)
+        if timed and i == 1:  # timed from the second step: the first warms up (and compiles)
             started = clock(device)
         # the learning rate is a function of the step (resuming needs no scheduler state)
         step = epoch * steps + i
@@ -300,7 +296,7 @@ def clock(device: torch.device) -> float:
 
 def expected_time(r: recipes.Recipe, step_s: float, steps: int, epochs: int, val_steps: int,
                   *, cpu: bool) -> str:
-    """The stage's expected wall time from a timed step; on a CPU, when long, what shortens it."""
+    """The stage's expected wall time; on a CPU, when long, what shortens it."""
     seconds = epochs * (steps + val_steps * EVAL_COST) * step_s
     said = (f"[{r.stage}] expected {tqdm.format_interval(seconds)} for {epochs} epochs x {steps} "
             f"steps ({step_s:.3g} s a step, timed as this run runs; evaluation estimated)")
@@ -332,7 +328,7 @@ def check_finite(first_bad: int, epoch: int, loss: float, r: recipes.Recipe) -> 
 def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args, real=None,
               run: rundir.RunDir | None = None) -> dict:
     """Train one stage to its last epoch (resuming if asked); returns that epoch's results.
-    run: the out-dir, told once the model is built (--overwrite replaces the old run then)."""
+    run: the out-dir, told when the model is built (--overwrite replaces the old run then)."""
     train_loader, val_loader, info = loaders
     # build the model, its optimizer and the fp16 loss scaler
     model = build_model(r, info.num_classes).to(device)
