@@ -228,23 +228,28 @@ def test_mae_file_layout_errors(tmp_path):
 
 
 def test_downloads_and_their_absence(monkeypatch):
-    """MAE files come through torch.hub's cache from the published URL; timm's hub-only files
-    need weights_file, and the message says where to get them."""
+    """MAE and torchvision files come through torch.hub's cache from the published URL (hashes
+    checked where the file name carries one); timm's hub-only files need weights_file, and the
+    message says where to get them."""
     with pytest.raises(ValueError, match=r"Hugging Face hub only: download it from "
                                          r"https://huggingface\.co/timm/vit_base_patch16_224\."
                                          r"augreg_in1k .*weights_file"):
         pretrained.load("timm:vit_base_patch16_224.augreg_in1k")
     calls = []
     small = timm_model("vit_tiny_patch16_224", depth=1, global_pool="avg").state_dict()
+    ten_classes = torchvision.models.vit_b_32(num_classes=10).state_dict()
 
     def fake_download(url, **kwargs):
-        calls.append((url, kwargs["weights_only"]))
-        return {"model": small}
+        calls.append((url, kwargs["weights_only"], kwargs["check_hash"]))
+        return {"model": small} if url == MAE_URL else ten_classes
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
     with pytest.raises(ValueError, match=r"mae_finetuned_vit_base\.pth holds a ViT with width=192"):
         pretrained.load("mae:vit_base_patch16")
-    assert calls == [(MAE_URL, True)]
+    with pytest.raises(ValueError, match=r"vit_b_32-d86f8d99\.pth holds a ViT with num_classes=10"):
+        pretrained.load("vit_b_32:IMAGENET1K_V1")
+    tv_url = torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.url
+    assert calls == [(MAE_URL, True, True), (tv_url, True, True)]
 
 
 def test_unreadable_files(tmp_path, monkeypatch):
