@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import llb
 import vit
 
-B, N, D, K, O = 4, 16, 32, 5, 16  # batch, patch tokens, width, classes, latent objects
+B, N, D, K, O = 4, 16, 32, 5, 16  # noqa: E741 batch, tokens, width, classes, objects O
 
 
 def make_backbone(depth=3, dropout=0.0):

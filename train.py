@@ -10,7 +10,7 @@
 frozen ViT into <out-dir>. Each stage resolves its settings into a Recipe (recipes.py), printed
 and saved in every checkpoint, and writes last.pt (every epoch, before evaluating it), best.pt,
 metrics.jsonl, curves.png and results.json (the LAST epoch's: nothing is selected on the
-validation split).
+validation split). Speed and memory: benchmark.py. What LLB learned: analyze.py.
 """
 import argparse
 import json

@@ -33,7 +33,7 @@ def test_ablation_table_over_two_seeds_derived_rows_and_rerun(tmp_path, monkeypa
         seed = out / f"seed{s}"
         # one backbone per seed, trained with that seed; every LLB run of the seed sits on it
         assert recipe_of(seed / "backbone")["seed"] == s
-        for name, switch, _ in ablation.ROWS:
+        for _, switch, _ in ablation.ROWS:
             folder = seed / (switch.lstrip("-") if switch else "full")
             r = recipe_of(folder)
             assert (r["seed"], r["backbone"]) == (s, str(seed / "backbone" / "last.pt"))

@@ -15,7 +15,7 @@ import train
 from plotting import draw, figures
 from util import measures
 
-O = 16  # latent objects of the tiny run
+O = 16  # noqa: E741 (the paper's O): latent objects of the tiny run
 
 
 @pytest.fixture(scope="module")

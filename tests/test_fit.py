@@ -3,7 +3,6 @@
 Each test builds its own PNG folders in a tmp dir: nothing is downloaded.
 """
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2

@@ -48,10 +48,10 @@ def test_each_stage_resolves_its_own_defaults():
     assert r.llb["num_objects"] == 2048 and r.llb["layer"] == 11 and r.llb["depth"] == 6
     assert folder.name == "imagenet_llb"
     # the demo: both stages of vit+llb, the LLB stage with the synthetic set's own sizes
-    (v, _), (l, _) = recipes.plan(train.parse_args(["--lr", "0.002"]))
+    (v, _), (lb, _) = recipes.plan(train.parse_args(["--lr", "0.002"]))
     assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
-    assert (l.defaults, l.lr, l.epochs, l.llb["num_objects"]) == ("llb", 0.002, 4, 64)
-    assert l.backbone.endswith(os.path.join("vit", "last.pt")) and l.model is None
+    assert (lb.defaults, lb.lr, lb.epochs, lb.llb["num_objects"]) == ("llb", 0.002, 4, 64)
+    assert lb.backbone.endswith(os.path.join("vit", "last.pt")) and lb.model is None
     # a ViT from scratch on a folder of small images it cannot read: no augmentation, ViT-Ti/4
     args = train.parse_args(["--dataset", "folder", "--data-dir", "x", "--image-size", "32",
                              "--method", "vit"])
@@ -79,11 +79,11 @@ def test_a_named_recipe_is_a_paper_row_and_options_go_on_top():
         for r, _ in recipes.plan(train.parse_args(["--recipe", name, *where])):
             assert r.origin.get("dataset") == f"recipe {name}", name
     # the demo's recipe applies on the synthetic set, and only there
-    (v, _), (l, _) = recipes.plan(train.parse_args([]))
-    assert (v.epochs, l.epochs, l.lr, l.llb["num_objects"]) == (12, 4, 1e-3, 64)
-    assert l.origin["num_objects"] == "recipe demo"
-    (v, _), (l, _) = recipes.plan(train.parse_args(["--dataset", "imagenet", "--data-dir", "x"]))
-    assert (v.epochs, v.model, l.llb["num_objects"], l.lr) == (70, "base", 2048, 1e-4)
+    (v, _), (lb, _) = recipes.plan(train.parse_args([]))
+    assert (v.epochs, lb.epochs, lb.lr, lb.llb["num_objects"]) == (12, 4, 1e-3, 64)
+    assert lb.origin["num_objects"] == "recipe demo"
+    (v, _), (lb, _) = recipes.plan(train.parse_args(["--dataset", "imagenet", "--data-dir", "x"]))
+    assert (v.epochs, v.model, lb.llb["num_objects"], lb.lr) == (70, "base", 2048, 1e-4)
 
 
 def test_help_says_where_each_default_comes_from(capsys):
@@ -129,7 +129,8 @@ def test_layer_is_checked_against_the_backbone_before_training(tmp_path):
 def test_training_loop_reads_the_loss_back_every_log_interval_only(monkeypatch):
     """No host sync per step: this project's code reads tensors back only every LOG_EVERY steps.
     Every way of reading a tensor on the host is spied on when called from a file of the repo."""
-    args = train.parse_args(TINY + ["--method", "vit+llb", "--batch-size", "2", "--max-per-class", "5"])
+    args = train.parse_args(TINY + ["--method", "vit+llb", "--batch-size", "2",
+                                    "--max-per-class", "5"])
     r = recipes.plan(args)[1][0]
     r.backbone = None  # LLB on a fresh ViT: only the step is tested here
     r.model, r.patch_size = "micro", 8

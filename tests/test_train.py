@@ -25,14 +25,16 @@ def params(path):
 def test_default_method_trains_vit_then_llb(tmp_path, capsys):
     results = run(tmp_path, "--epochs", "2", "--llb-epochs", "1")
     out = tmp_path / "run"
-    for f in ("vit/last.pt", "vit/best.pt", "vit/results.json", "last.pt", "best.pt", "metrics.jsonl"):
+    for f in ("vit/last.pt", "vit/best.pt", "vit/results.json", "last.pt", "best.pt",
+              "metrics.jsonl"):
         assert (out / f).exists(), f
     saved = json.loads((out / "results.json").read_text())
-    assert set(results) == {f"top{k}_{h}" for k in (1, 5) for h in ("visual", "nonvisual", "integrated")}
+    heads = ("visual", "nonvisual", "integrated")
+    assert set(results) == {f"top{k}_{h}" for k in (1, 5) for h in heads}
     assert all(saved[k] == results[k] and 0 <= results[k] <= 100 for k in results)
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["recipe"]["stage"] == "llb"  # the recipe first, then one line per epoch
-    assert [(l["stage"], l["epoch"]) for l in lines[1:]] == [("llb", 1)]
+    assert [(line["stage"], line["epoch"]) for line in lines[1:]] == [("llb", 1)]
     assert len((out / "vit" / "metrics.jsonl").read_text().splitlines()) == 1 + 2
     # The LLB stage sits on the ViT stage's final weights, frozen: its visual head is the ViT's.
     vit_state, llb_state = params(out / "vit" / "last.pt"), params(out / "last.pt")
@@ -40,38 +42,44 @@ def test_default_method_trains_vit_then_llb(tmp_path, capsys):
     vit_results = json.loads((out / "vit" / "results.json").read_text())
     assert vit_results["top1_visual"] == results["top1_visual"]
     printed = capsys.readouterr().out
-    assert "p_V (ViT head)" in printed and "p_O (integrated)" in printed and "global batch 20" in printed
+    assert "p_V (ViT head)" in printed and "p_O (integrated)" in printed
+    assert "global batch 20" in printed
 
 
 def test_llb_method_on_a_vit_checkpoint_and_eval_only(tmp_path):
     run(tmp_path, "--method", "vit", "--epochs", "1", out="vit")
     ckpt = str(tmp_path / "vit" / "last.pt")
-    results = run(tmp_path, "--method", "llb", "--backbone", ckpt, "--epochs", "1", "--alpha", "0.5",
+    results = run(tmp_path, "--method", "llb", "--backbone", ckpt, "--epochs", "1", "--alpha",
+                  "0.5",
                   "--no-diversity", out="llb")
     saved = torch.load(tmp_path / "llb" / "last.pt", weights_only=True)
     assert saved["kind"] == "llb" and saved["llb_config"]["alpha"] == 0.5
     assert saved["llb_config"]["diversity"] is False
     # 120 validation images in batches of 7: the last batch (1 image) counts too
-    again = train.main(TINY + ["--eval-only", str(tmp_path / "llb" / "last.pt"), "--batch-size", "7"])
+    again = train.main(TINY + ["--eval-only", str(tmp_path / "llb" / "last.pt"),
+                               "--batch-size", "7"])
     assert again == pytest.approx({k: v for k, v in results.items()})
     assert all(round(v * 120 / 100, 6).is_integer() for v in again.values())  # x / 120 images
     # --method vit --backbone: continue training a ViT checkpoint (fine-tune defaults)
     run(tmp_path, "--method", "vit", "--backbone", ckpt, "--epochs", "1", out="vit2")
     before, after = params(ckpt), params(tmp_path / "vit2" / "last.pt")
-    assert 0 < (after["blocks.0.mlp.fc1.weight"] - before["blocks.0.mlp.fc1.weight"]).abs().max() < 2e-3
+    moved = (after["blocks.0.mlp.fc1.weight"] - before["blocks.0.mlp.fc1.weight"]).abs().max()
+    assert 0 < moved < 2e-3
     vit_only = train.main(TINY + ["--eval-only", ckpt])
     assert set(vit_only) == {"top1_visual", "top5_visual"}
     assert vit_only["top1_visual"] == pytest.approx(results["top1_visual"])
 
 
 def test_fine_tune_from_torchvision_weights_file(tmp_path, capsys):
-    """--pretrained NAME --weights-file FILE: the weights' own 224 px transform, a new 10-class head."""
+    """--pretrained NAME --weights-file FILE: the weights' own 224 px transform, a new 10-class
+    head."""
     import torchvision
 
     path = tmp_path / "vit_b_32.pth"
     released = torchvision.models.vit_b_32()  # random init, same keys and shapes as the release
     torch.save(released.state_dict(), path)
-    tiny = ["--dataset", "synthetic", "--max-per-class", "1", "--batch-size", "10", "--device", "cpu",
+    tiny = ["--dataset", "synthetic", "--max-per-class", "1", "--batch-size", "10", "--device",
+            "cpu",
             "--pretrained", "vit_b_32:IMAGENET1K_V1", "--weights-file", str(path), "--epochs", "1"]
     train.main(tiny + ["--method", "vit", "--out-dir", str(tmp_path / "ft")])
     assert "10 classes, 224 px" in capsys.readouterr().out
@@ -82,7 +90,8 @@ def test_fine_tune_from_torchvision_weights_file(tmp_path, capsys):
     start = released.state_dict()["encoder.layers.encoder_layer_0.mlp.0.weight"]
     assert (ckpt["model"]["blocks.0.mlp.fc1.weight"] - start).abs().max() < 1e-3
     # LLB keeps the released head, so the label set must match it
-    with pytest.raises(ValueError, match=r"vit_b_32:IMAGENET1K_V1 has 1000 classes but synthetic has 10"):
+    with pytest.raises(ValueError,
+                       match=r"vit_b_32:IMAGENET1K_V1 has 1000 classes but synthetic has 10"):
         train.main(tiny + ["--method", "llb", "--out-dir", str(tmp_path / "llb")])
 
 
@@ -92,7 +101,8 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("method", ["vit", "vit+llb"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
-    """A crash right after epoch 1's checkpoint, then --resume, ends bit-identical to a straight run."""
+    """A crash right after epoch 1's checkpoint, then --resume, ends bit-identical to a straight
+    run."""
     epochs = ["--epochs", "2", "--llb-epochs", "2"] if method == "vit+llb" else ["--epochs", "2"]
     # dropout draws from the RNG during training: the checkpoint's RNG state must be restored
     args = ["--method", method, *epochs, "--warmup-epochs", "0.5", "--dropout", "0.1"]
@@ -133,14 +143,16 @@ def test_two_cpu_processes_share_the_data_and_keep_identical_parameters(tmp_path
         assert all(s["step"] == 3 for s in ckpt["optimizer"]["state"].values())
         assert ckpt["recipe"]["world_size"] == 2
     vit_state, llb_state = params(out / "vit" / "last.pt"), params(out / "last.pt")
-    assert not torch.equal(vit_state["blocks.0.mlp.fc1.weight"], llb_state["backbone.blocks.0.mlp.fc1.weight"])
+    assert not torch.equal(vit_state["blocks.0.mlp.fc1.weight"],
+                           llb_state["backbone.blocks.0.mlp.fc1.weight"])
 
 
 def test_schedule_spans_the_whole_run():
     """Warmup, then cosine to the floor at the last step of the run (the authors' T_max stopped
     at 10 epochs of 70)."""
     lr = [train.lr_at(s, total=100, warmup=10, peak=1.0) for s in range(100)]
-    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0) and lr[10] == pytest.approx(1.0)
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
+    assert lr[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))  # decays monotonically
     assert lr[55] == pytest.approx(0.5, abs=0.02) and lr[99] < 1e-3
     floored = [train.lr_at(s, total=100, warmup=0, peak=1e-4, floor=5e-5) for s in range(101)]
@@ -149,7 +161,7 @@ def test_schedule_spans_the_whole_run():
 
 
 def test_fp16_scales_the_loss(tmp_path):
-    """--amp fp16 trains through a real GradScaler (the authors' code built one and never used it)."""
+    """--amp fp16 trains through a real GradScaler (the authors' code built one, never used)."""
     run(tmp_path, "--method", "vit", "--epochs", "1", "--amp", "fp16")
     scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
     assert scaler["scale"] > 1 and scaler["_growth_tracker"] >= 1  # scaled, and stepped with it
@@ -190,7 +202,8 @@ def test_invalid_options_fail_at_parsing(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                                  monkeypatch):
     # Fake a blow-up in epoch 3 (6 steps an epoch): the loss turns NaN at its 4th step (step 15).
     calls = []
     real = F.cross_entropy
@@ -209,15 +222,18 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_checkpoint_from_another_model_or_class_count(tmp_path):
     run(tmp_path, "--method", "vit", "--epochs", "1")
-    with pytest.raises(ValueError, match=r"other options.*model: checkpoint 'micro', this command 'tiny'"):
+    with pytest.raises(ValueError,
+                       match=r"other options.*model: checkpoint 'micro', this command 'tiny'"):
         run(tmp_path, "--method", "vit", "--epochs", "1", "--resume", "--model", "tiny")
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     ckpt["vit_config"]["num_classes"] = 7
     torch.save(ckpt, tmp_path / "seven.pt")
-    with pytest.raises(ValueError, match=r"holds a 7-class model \(trained on synthetic\) but the dataset has 10"):
+    with pytest.raises(ValueError, match=r"holds a 7-class model \(trained on synthetic\) but "
+                                         r"the dataset has 10"):
         run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "seven.pt"), out="llb")
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match=r"weights\.pth is not a train\.py checkpoint.*--pretrained NAME"):
+    with pytest.raises(ValueError,
+                       match=r"weights\.pth is not a train\.py checkpoint.*--pretrained NAME"):
         run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "weights.pth"), out="llb2")
     with pytest.raises(FileNotFoundError, match=r"nope\.pt not found"):
         train.main(TINY + ["--eval-only", str(tmp_path / "nope.pt")])
