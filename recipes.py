@@ -140,8 +140,8 @@ MIN_PATCHES_PER_SIDE = 4
 # (training images below, preset): a 10-class folder of 1,437 scans trains a ViT-micro in minutes
 PRESET_BY_IMAGES = ((10_000, "micro"), (100_000, "tiny"), (1_000_000, "small"))
 MIN_STEPS_PER_EPOCH = 4  # the batch is capped so that an epoch has at least this many steps
-OBJECTS_PER_CLASS = 2048 / 1000  # the paper's 2,048 objects for ImageNet's 1,000 classes
-MIN_OBJECTS = 64
+OBJECTS_PER_CLASS = llb.LLBConfig.num_objects / 1000  # the paper's for ImageNet's 1,000 classes
+MIN_OBJECTS = RECIPES["demo"]["num_objects"]  # the demo's, for its 10 classes
 # Fewer training images a class: the printed recipe says a ViT from scratch learns little from
 # so few (docs/real_images.md's 4 a class: ViT-micro 40%, pixel logistic regression 90%)
 FEW_PER_CLASS = 20

@@ -1,2 +1,3 @@
-"""What a training run needs beyond the model: the recipe of a stage (recipe.py), checkpoints
-(checkpoint.py), evaluation (evaluate.py), DDP (distributed.py), and how programs end (cli.py)."""
+"""What a training run needs beyond the model: checkpoints (checkpoint.py), the out-dir's lock and
+guard (rundir.py), evaluation (evaluate.py), DDP (distributed.py), how programs read numbers and
+end (cli.py), and analyze.py's measures (measures.py)."""
