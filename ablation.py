@@ -1,8 +1,7 @@
 """The paper's ablation table by one command: LLB with each of its parts switched off, N seeds.
 
     python ablation.py                               # synthetic set on a CPU: a few minutes
-    python ablation.py --seeds 3 --recipe vit-b16-in21k --data-dir /data/imagenet --gpus 4 \\
-        --weights-file model.safetensors
+    python ablation.py --seeds 3 --recipe vit-b16-in21k --data-dir /data/imagenet --gpus 4
 
 Every option other than --out-dir and --seeds goes to train.py as it is (the authors ran 4 GPUs x
 128: --gpus 4 and the default --batch-size 128; p~ of L_div is per process, so 8 x 64 averages

@@ -112,8 +112,8 @@ RECIPES = {
     # the paper's lr 1e-4 to a plateau.
     "demo": dict(dataset="synthetic", model="micro", patch_size=8, epochs=12, llb_epochs=4,
                  llb_lr=1e-3, num_objects=64),
-    # The paper's ImageNet-1k rows (docs/reproducing.md): LLB on released weights, evaluated on
-    # the authors' framing. timm's are on the Hugging Face hub only: add --weights-file FILE
+    # The paper's ImageNet-1k rows (docs/reproducing.md): LLB on released weights (downloaded, or
+    # --weights-file FILE), evaluated on the authors' framing
     "vit-b16-in1k": PAPER_ROW | dict(pretrained="timm:vit_base_patch16_224.augreg_in1k"),
     "vit-b16-in21k": PAPER_ROW | dict(pretrained="timm:vit_base_patch16_224.augreg_in21k_ft_in1k"),
     "vit-l16-in21k": PAPER_ROW | dict(

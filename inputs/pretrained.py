@@ -5,8 +5,8 @@
                                                                ViTConfig fields (no download)
     from_torchvision(...), from_timm(...), from_mae(...)       converters, any file of the layout
 
-Names: torchvision "ARCH:WEIGHTS" (e.g. "vit_b_16:IMAGENET1K_SWAG_E2E_V1") and "mae:MODEL" are
-downloaded into torch.hub's cache; "timm:TAG" are on the Hugging Face hub only: weights_file.
+Names: torchvision "ARCH:WEIGHTS" (e.g. "vit_b_16:IMAGENET1K_SWAG_E2E_V1"), "timm:TAG" (from the
+Hugging Face hub) and "mae:MODEL" are downloaded into torch.hub's cache, or read from weights_file.
 `overrides` are ViTConfig fields: `image_size` (the position embedding is interpolated as the
 weights' own library does), `num_classes` (a new zero-initialised head), dropout rates. timm
 itself is never imported.
@@ -262,11 +262,12 @@ def eval_spec(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading
-def _download(name: str, url: str):
-    """The weights at `url` through torch.hub's download cache ($TORCH_HOME)."""
+def _download(name: str, url: str, file_name: str | None = None):
+    """The weights at `url` through torch.hub's download cache ($TORCH_HOME), as `file_name`."""
     try:  # check_hash: torchvision's file names carry their hash's prefix
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True,
-                                                  check_hash=True, weights_only=True)
+                                                  check_hash=True, weights_only=True,
+                                                  file_name=file_name)
     except OSError as err:  # no network (URLError), a refused or broken download
         raise OSError(f"cannot download the weights {name} from {url} "
                       f"({getattr(err, 'reason', err)}). Without a network: download that file "
@@ -302,17 +303,14 @@ def load(name: str, *, weights_file: str | None = None, **overrides) -> vit.ViT:
     kind, key = _parse(name)
     if kind == "torchvision":
         url = _torchvision_weights(name)[1].url
-    elif kind == "timm":
-        url = f"https://huggingface.co/timm/{key} (model.safetensors or pytorch_model.bin)"
+    elif kind == "timm":  # each tag's repository holds a pytorch_model.bin (and .safetensors)
+        url = f"https://huggingface.co/timm/{key}/resolve/main/pytorch_model.bin"
     else:
         url = _MAE_URL.format(_MAE[key])
     if weights_file is not None:
         held = _read_file(weights_file, name=name, url=url)
-    elif kind == "timm":
-        raise ValueError(f"{name} is published on the Hugging Face hub only: download it from "
-                         f"{url} and pass the file as weights_file (train.py: --weights-file FILE)")
-    else:
-        held = _download(name, url)
+    else:  # every timm file is named pytorch_model.bin: cached under its tag
+        held = _download(name, url, f"timm_{key}.bin" if kind == "timm" else None)
     source = weights_file or url
     if not isinstance(held, dict):  # a tensor or a list saved by mistake
         raise ValueError(f"{source} holds a {type(held).__name__}, not the state dict of {name}")

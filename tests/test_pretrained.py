@@ -7,6 +7,7 @@ transformers. torchvision weights: test_vit.py.
 import os
 import subprocess
 import sys
+import urllib.error
 
 import pytest
 import safetensors.torch
@@ -228,28 +229,38 @@ def test_mae_file_layout_errors(tmp_path):
 
 
 def test_downloads_and_their_absence(monkeypatch):
-    """MAE and torchvision files come through torch.hub's cache from the published URL (hashes
-    checked where the file name carries one); timm's hub-only files need weights_file, and the
-    message says where to get them."""
-    with pytest.raises(ValueError, match=r"Hugging Face hub only: download it from "
-                                         r"https://huggingface\.co/timm/vit_base_patch16_224\."
-                                         r"augreg_in1k .*weights_file"):
+    """Every named file comes through torch.hub's cache from where it is published (hashes
+    checked where the file name carries one; timm's cached under its tag); without a network
+    the message says how to give the file instead."""
+    def offline(url, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match=r"cannot download the weights timm:vit_base_patch16_224\."
+                                      r"augreg_in1k from https://huggingface\.co/timm/vit_base_"
+                                      r"patch16_224\.augreg_in1k/resolve/main/pytorch_model\.bin "
+                                      r"\(no network\).*--weights-file FILE"):
         pretrained.load("timm:vit_base_patch16_224.augreg_in1k")
     calls = []
     small = timm_model("vit_tiny_patch16_224", depth=1, global_pool="avg").state_dict()
     ten_classes = torchvision.models.vit_b_32(num_classes=10).state_dict()
 
     def fake_download(url, **kwargs):
-        calls.append((url, kwargs["weights_only"], kwargs["check_hash"]))
-        return {"model": small} if url == MAE_URL else ten_classes
+        calls.append((url, kwargs["weights_only"], kwargs["check_hash"], kwargs["file_name"]))
+        return {"model": small} if url == MAE_URL else small if "timm" in url else ten_classes
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
     with pytest.raises(ValueError, match=r"mae_finetuned_vit_base\.pth holds a ViT with width=192"):
         pretrained.load("mae:vit_base_patch16")
     with pytest.raises(ValueError, match=r"vit_b_32-d86f8d99\.pth holds a ViT with num_classes=10"):
         pretrained.load("vit_b_32:IMAGENET1K_V1")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin holds a ViT with width=192"):
+        pretrained.load("timm:vit_base_patch16_224.augreg_in1k")
     tv_url = torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.url
-    assert calls == [(MAE_URL, True, True), (tv_url, True, True)]
+    timm_url = "https://huggingface.co/timm/vit_base_patch16_224.augreg_in1k/resolve/main/"
+    assert calls == [(MAE_URL, True, True, None), (tv_url, True, True, None),
+                     (timm_url + "pytorch_model.bin", True, True,
+                      "timm_vit_base_patch16_224.augreg_in1k.bin")]
 
 
 def test_unreadable_files(tmp_path, monkeypatch):
