@@ -86,14 +86,36 @@ def _jpeg_folder(root):
     return root
 
 
+def framing_levels(transform: v2.Compose, path: str) -> float:
+    """The 99th percentile of the uint8 levels between the transform's framing (its leading
+    Resize and CenterCrop, if any) run on the uint8 tensor and on the PIL image. 0 where
+    torchvision resizes uint8 as PIL does; 1 where it resizes through float32: its bilinear
+    before 0.24 on a CPU without AVX2 (or with ATEN_CPU_CAPABILITY=default)."""
+    framing = []
+    for step in transform.transforms:
+        if not isinstance(step, (v2.Resize, v2.CenterCrop)):
+            break
+        framing.append(step)
+    if not framing:
+        return 0.0
+    framed = v2.Compose(framing)
+    ours = framed(data.load_uint8(path)).float()
+    pil = TF2.pil_to_tensor(framed(data.load_rgb(path))).float()
+    return (ours - pil).abs().quantile(0.99).item()
+
+
 @pytest.mark.parametrize("augment", ["paper", "basic", "none"])
 def test_items_are_the_pil_reference_pixels_within_a_level(tmp_path, augment):
+    """Within a level of the reference, beyond what torchvision's own resize puts between uint8
+    and PIL on this machine (`framing_levels`), which RandAugment's colour ops may widen by one."""
     root = _jpeg_folder(tmp_path / "f")
     train, val, _ = data.build_datasets("imagenet", str(root), augment=augment)
     std = torch.tensor(transforms.IMAGENET_STD).view(3, 1, 1)
     for dataset in (train, val):
         reference = v2.Compose(benchmark_data.peer_steps(dataset.transform, v2_normalize=True))
         assert not any(isinstance(step, transforms.AsPIL) for step in reference.transforms)
+        resize = framing_levels(dataset.transform, dataset.samples[0][0])
+        assert resize <= 1
         for i in range(6):
             torch.manual_seed(i)  # the same augmentation draws
             ours = dataset[i][0]
@@ -101,7 +123,7 @@ def test_items_are_the_pil_reference_pixels_within_a_level(tmp_path, augment):
             theirs = reference(data.load_rgb(dataset.samples[i][0]))  # PIL throughout
             levels = ((ours - theirs) * std * 255).abs()  # uint8 levels
             assert ours.shape == theirs.shape == (3, 224, 224)
-            assert levels.mean() < 0.5 and levels.quantile(0.99) <= 1.01
+            assert levels.mean() < 0.5 and levels.quantile(0.99) <= resize + 1.01
 
 
 def test_benchmark_jpeg_prints_rates_agreement_and_cores(capsys):
