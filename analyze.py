@@ -201,8 +201,13 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir: Path,
                              if groups else None)
         centroid_picture(sim, space=space, info=info, checkpoint_path=checkpoint_path, order=order,
                          groups=groups, superclass=superclass[space], run_dir=run_dir)
-    pca_share = centroid_pca_picture(centroids, info=info, checkpoint_path=checkpoint_path,
-                                     run_dir=run_dir)
+    pca_share = None
+    present = int((~centroids["visual"].isnan().any(dim=1)).sum())
+    if present >= 2:
+        pca_share = centroid_pca_picture(centroids, info=info, checkpoint_path=checkpoint_path,
+                                         run_dir=run_dir)
+    else:  # nothing to place against anything
+        print(f"centroids_pca.png not drawn: only {present} class has validation images")
 
     top1 = {h: 100 * (collected[PREDICTION[h]] == y).double().mean().item() for h in HEADS}
     coarse_names = [info.coarse_names[g] for g in groups] if groups and info.coarse_names else None
@@ -234,6 +239,8 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for name, count in agree["counts"].items():
         print(f"{name.replace('_', ' '):<16}{count:>8}{agree['percent'][name]:>8.2f}")
     for space, mean in results["mean_centroid_similarity"].items():
+        if mean is None:  # no pair of classes with validation images
+            continue
         print(f"{space} class centroids: mean cosine {mean:.3f}" + (
             "  within / across superclasses {within:.3f} / {across:.3f}".format(**superclass[space])
             if superclass and None not in superclass[space].values() else ""))

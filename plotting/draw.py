@@ -113,8 +113,8 @@ def legend(items: list, width: int, *, size: int = LABEL_SIZE) -> Image.Image:
 
 def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -> list[float]:
     """Round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi], about `count` intervals."""
-    if hi <= lo:  # one value: a unit around it
-        pad = abs(lo) * 0.05 if lo else 1.0
+    if hi - lo <= 1e-9 * max(1.0, abs(lo), abs(hi)):  # one value (up to rounding): around it
+        pad = abs(lo) * 0.05 if abs(lo) > 1e-9 else 1.0
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from PIL import Image
 from torchvision.io import decode_png, read_file
 
 import analyze
@@ -252,3 +253,72 @@ def test_centroid_pca_picture_colours_points_by_superclass(tmp_path):
         hits = (image == rgb[:, None, None]).all(0)
         assert int(hits.sum()) >= 4 * 30 + 50
     assert dark(image[:, :40]) > 100  # the title
+
+
+def folder_run(root, classes: int):
+    """A folder of `classes` classes (12 train / 4 val images of 16 px each), trained from
+    scratch 1 + 1 epochs with the defaults a folder gets; returns the LLB run's folder."""
+    g = torch.Generator().manual_seed(classes)
+    for split, count in (("train", 12), ("val", 4)):
+        for c in range(classes):
+            (root / "data" / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(3, 16, 16, generator=g) * 60 + 60 * c).to(torch.uint8)
+                Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(
+                    root / "data" / split / f"c{c}" / f"{i}.png")
+    train.main(["--dataset", "folder", "--data-dir", str(root / "data"), "--epochs", "1",
+                "--llb-epochs", "1", "--device", "cpu", "--out-dir", str(root / "run")])
+    return root / "run"
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_analysis_of_a_two_and_a_three_class_run(tmp_path, classes):
+    """Two classes: the centroids' second principal axis has no variance (it crashed the PCA
+    picture's tick labels); it is drawn flat, with a 0% share."""
+    run = folder_run(tmp_path, classes)
+    results = analyze.main([str(run / "last.pt"), "--device", "cpu"])
+    for name in ("latent_objects.png", "latent_objects.txt", "centroids_visual.png",
+                 "centroids_nonvisual.png", "centroids_pca.png", "analysis.json"):
+        assert (run / name).exists(), name
+    for space, (first, second) in results["pca_variance_share"].items():
+        assert first + second == pytest.approx(1), space
+        assert (second == pytest.approx(0, abs=1e-9)) == (classes == 2), space
+    # one superclass for all, or each class its own: the pictures and numbers say what they can
+    groups = tmp_path / "groups.tsv"
+    for grouping, empty in (("same", "across"), ("own", "within")):
+        groups.write_text("".join(f"c{c}\t{'all' if grouping == 'same' else c}\n"
+                                  for c in range(classes)))
+        results = analyze.main([str(run / "last.pt"), "--device", "cpu", "--superclasses",
+                                str(groups), "--overwrite"])
+        for space in ("visual", "nonvisual"):
+            assert results["superclass_similarity"][space][empty] is None, (grouping, space)
+        assert png(run / "centroids_pca.png").shape[0] == 3
+
+
+def test_a_class_without_validation_images_and_one_class_alone(tmp_path, capsys):
+    """A class without validation images is left out of the PCA picture and grey in the
+    heatmaps; with one class left there is nothing to compare: the PCA picture is not drawn (one
+    printed line) and everything else is written."""
+    info = data.DataInfo(name="toy", num_classes=3, image_size=8, class_names=["a", "b", "c"],
+                         augment="none")
+    for labels, drawn in (([0, 1, 0, 1], True), ([0, 0, 0, 0], False)):
+        out = tmp_path / str(drawn)
+        out.mkdir()
+        y = torch.tensor(labels)
+        features = torch.randn(4, 8)
+        collected = {"feat_v": features, "feat_n": 2 * features, "y": y, "pred_v": y,
+                     "pred_n": y, "pred_o": y, "object_counts": torch.tensor([3, 1]),
+                     "assign_sum": torch.tensor([3.0, 1.0]), "images": torch.randn(1, 3, 8, 8),
+                     "image_objects": torch.tensor([[0, 0, 1, 0]]),
+                     "image_index": torch.tensor([0])}
+        results = analyze.write_report(collected, info=info, checkpoint_path="run/last.pt",
+                                       run_dir=out)
+        assert (out / "centroids_pca.png").exists() == drawn
+        assert (results["pca_variance_share"] is not None) == drawn
+        for name in ("latent_objects.png", "centroids_visual.png", "analysis.json"):
+            assert (out / name).exists(), name
+        grey = (png(out / "centroids_visual.png") ==
+                torch.tensor(figures.GREY, dtype=torch.uint8)[:, None, None]).all(0)
+        assert int(grey.sum()) > 0  # class c's row and column
+    said = capsys.readouterr().out
+    assert said.count("centroids_pca.png not drawn: only 1 class has validation images") == 1

@@ -49,7 +49,8 @@ def pca_2d(centroids: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     present = ~unit.isnan().any(dim=1)
     x = unit[present] - unit[present].mean(dim=0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    axes = vh[:2]  # (2, D); fewer than 2 rows give fewer axes: padded with zeros
+    # an axis without variance (2 rows have one axis; rounding leaves ~1e-17 on the other): 0
+    axes = vh[:2] * (s[:2, None] > 1e-9 * s[:1, None])  # (2, D) or fewer rows
     axes = torch.cat([axes, axes.new_zeros(2 - len(axes), axes.shape[1])])
     coords = x @ axes.T  # (n, 2)
     flip = coords.gather(0, coords.abs().argmax(dim=0, keepdim=True)).sign()  # (1, 2)
