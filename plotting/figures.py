@@ -185,9 +185,10 @@ def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int
 
 # ----------------------------------------------------------------------------- scatter
 def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: list,
-                  x_title: str, y_title: str) -> tuple[Image.Image, tuple]:
+                  x_title: str, y_title: str) -> tuple[Image.Image, tuple, list]:
     """(n, 2) points on round-ticked axes under a title, each a disc in colours[i] (rgb) and,
-    for n <= MAX_POINT_LABELS, named labels[i] beside it. Returns the panel and its plot box."""
+    for n <= MAX_POINT_LABELS, named labels[i] beside it (`place_labels`). Returns the panel,
+    its plot box and the labels' boxes."""
     xs = nice_ticks(float(points[:, 0].min()), float(points[:, 0].max()))
     ys = nice_ticks(float(points[:, 1].min()), float(points[:, 1].max()))
     label_room = 120 if len(points) <= MAX_POINT_LABELS else GAP  # names right of the points
@@ -198,33 +199,72 @@ def scatter_panel(points: torch.Tensor, *, title: str, labels: list, colours: li
     left = plot[0]
     draw_text(draw, (left, 0), shorten(title, panel.width - left, LABEL_SIZE), size=LABEL_SIZE)
     r = POINT_RADIUS
-    for (x, y), rgb, name in zip(points.tolist(), colours, labels):  # discs, then their names
-        cx, cy = to_pixel(x, y)
+    centres = [to_pixel(x, y) for x, y in points.tolist()]
+    for (cx, cy), rgb in zip(centres, colours):  # discs, then their names
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(rgb), outline=TEXT)
-        if len(points) <= MAX_POINT_LABELS:
-            draw_text(draw, (cx + r + 2, cy), shorten(name, label_room - r, SMALL_SIZE),
-                      anchor="lm")
-    return panel, plot
+    boxes = []
+    if len(points) <= MAX_POINT_LABELS:
+        names = [shorten(name, label_room - r - 2, SMALL_SIZE) for name in labels]
+        half = line_height(SMALL_SIZE) / 2  # a point on the frame keeps its name beside it
+        bounds = (plot[0], plot[1] - half, panel.width, plot[3] + half)
+        boxes = place_labels(draw, centres, names, bounds=bounds)
+    return panel, plot, boxes
+
+
+def place_labels(draw, centres: list, names: list, *, bounds: tuple) -> list:
+    """Each name beside its point (pixel centres), where it overlaps no name placed before:
+    right of the point, else left; else moved up or down a line at a time, joined to its point
+    by a grey leader line. Inside `bounds` (x0, y0, x1, y1) when it can be. Returns the boxes."""
+    height = line_height(SMALL_SIZE)
+    gap = POINT_RADIUS + 2
+    placed = []
+    for (cx, cy), name in zip(centres, names):
+        width = text_width(name, SMALL_SIZE)
+        candidates = []
+        for step in range(2 * int((bounds[3] - bounds[1]) // height) + 1):
+            dy = (step + 1) // 2 * height * (-1 if step % 2 else 1)  # 0, -h, +h, -2h, ...
+            for x0 in (cx + gap, cx - gap - width):
+                candidates.append((x0, cy + dy - height / 2, x0 + width, cy + dy + height / 2))
+        inside = [b for b in candidates if bounds[0] <= b[0] and b[2] <= bounds[2]
+                  and bounds[1] <= b[1] and b[3] <= bounds[3]]
+        free = [b for b in inside if not any(overlap(b, other) for other in placed)]
+        box = (free or inside or candidates)[0]
+        placed.append(box)
+        if abs((box[1] + box[3]) / 2 - cy) > 0.5:  # moved up or down: a leader line
+            end = box[0] if box[0] > cx else box[2]
+            draw.line((cx, cy, end, (box[1] + box[3]) / 2), fill=GREY)
+        draw_text(draw, (box[0], (box[1] + box[3]) / 2), name, anchor="lm")
+    return placed
+
+
+def overlap(a: tuple, b: tuple) -> bool:
+    """Whether two boxes (x0, y0, x1, y1) share any area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def scatter_figure(panels: list, *, title: str, labels: list, colours: list,
                    legend_items: list, notes: str = "") -> tuple[Image.Image, dict]:
     """Scatter panels side by side (each a dict of scatter_panel's keywords but labels and
     colours, shared by all), a legend of (rgb, text) under them, a title and notes.
-    Boxes: plots (a list, one per panel), legend, title."""
+    Boxes: plots (a list, one per panel), labels (a list of the names' boxes per panel),
+    legend, title."""
     drawn = [scatter_panel(**p, labels=labels, colours=colours) for p in panels]
     row = Image.new("RGB", (sum(d[0].width for d in drawn) + 2 * GAP * (len(drawn) - 1),
                             max(d[0].height for d in drawn)), PAPER)
     x = 0
     plot_boxes = []
-    for panel, (x0, y0, x1, y1) in drawn:
+    label_boxes = []
+    for panel, (x0, y0, x1, y1), names in drawn:
         row.paste(panel, (x, 0))
         plot_boxes.append((x + x0, y0, x + x1, y1))
+        label_boxes.append([(a + x, b, c + x, d) for a, b, c, d in names])
         x += panel.width + 2 * GAP
     body = stack([row, legend(legend_items, row.width, size=SMALL_SIZE)], gap=GAP)
     image, y_body = titled(body, title, notes)
     dx, dy = 2 * MARGIN, y_body + MARGIN  # body's own margin inside the figure's
     boxes = {"title": (MARGIN, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
              "plots": [(a + dx, b + dy, c + dx, d + dy) for a, b, c, d in plot_boxes],
+             "labels": [[(a + dx, b + dy, c + dx, d + dy) for a, b, c, d in names]
+                        for names in label_boxes],
              "legend": (dx, dy + row.height + GAP, dx + row.width, y_body + body.height - MARGIN)}
     return image, boxes

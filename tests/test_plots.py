@@ -255,3 +255,24 @@ def test_read_metrics_names_a_line_that_is_not_json(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2,\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not JSON .*delete or fix that line"):
         curves.read_metrics(tmp_path / "bad.jsonl")
+
+
+def test_point_names_do_not_overprint_one_another():
+    """Close points (the demo's PCA had two pairs of names printed over each other): every name
+    is beside its point or joined to it by a leader line, and no two names' boxes intersect."""
+    g = torch.Generator().manual_seed(0)
+    cluster = torch.tensor([[0.0, 0.0]]) + 0.01 * torch.randn(8, 2, generator=g)
+    points = torch.cat([cluster, torch.tensor([[1.0, 1.0], [-1.0, 0.5]])])
+    names = [f"class name {k}" for k in range(len(points))]
+    panel = dict(points=points, title="t", x_title="x", y_title="y")
+    image, boxes = figures.scatter_figure([panel, panel], title="names", labels=names,
+                                          colours=[(200, 0, 0)] * len(points), legend_items=[])
+    for plot, placed in zip(boxes["plots"], boxes["labels"]):
+        assert len(placed) == len(points)
+        for i, a in enumerate(placed):
+            assert not any(figures.overlap(a, b) for b in placed[i + 1:]), (i, a)
+            assert plot[0] <= a[0] and a[2] <= image.width  # right of the y axis, in the image
+        # a name in its box: dark text pixels there
+        x0, y0, x1, y1 = (round(v) for v in placed[0])
+        crop = torch.tensor(list(image.crop((x0, y0, x1, y1)).getdata())).view(y1 - y0, x1 - x0, 3)
+        assert int((crop <= 80).all(-1).sum()) > 10
