@@ -1,7 +1,7 @@
 """Make the student version of this repository for a course: the chosen methods are blanked.
 
-    python make_assignment.py --steps 1,2,3,4 --out course              # the four LLB steps
-    python make_assignment.py --steps 2 --vit attention,block --out course
+    python make_assignment.py --steps 1,2,3,4 --out ../course           # the four LLB steps
+    python make_assignment.py --steps 2 --vit attention,block --out ../course2
 
 Copies the repository's files (those `git ls-files` lists in a git checkout, untracked ones not
 ignored included; else every file but .git, .venv, runs, data and caches) into --out, a new or
