@@ -39,6 +39,8 @@ DOTTED_TYPES = (7, 9, 11)
 FADED_SHARE = 0.15  # of the marked objects, drawn as their plain twin (module docstring)
 SHAPE_NAMES = ("square", "ring", "plus", "cross", "stripes", "diamond")  # of type t: t // 2
 RANKING = (0, 3, 4, 7, 8, 11, 1, 2, 5, 6, 9, 10)  # RANKING[r] = object type of importance rank r
+BACKGROUND = len(OBJECT_NAMES)  # the content id of a cell without an object
+CONTENT_NAMES = (*OBJECT_NAMES, "background")  # what a cell holds: an object type as drawn, or none
 
 
 def _object_templates() -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +90,18 @@ def make_synthetic_objects(num_images: int, *, seed: int) -> tuple[torch.Tensor,
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels, objects, cells, faded
 
 
+def cell_contents(objects: torch.Tensor, cells: torch.Tensor, faded: torch.Tensor
+                  ) -> torch.Tensor:
+    """What each cell of each image holds, (N, 16) in row-major cell order (a ViT's patch order
+    when patches are the cells): the type of the object drawn there, a faded object counted as
+    the plain twin it is painted as (objects - faded), else BACKGROUND. In: make_synthetic_objects'
+    objects, cells and faded, (N, 3) each."""
+    contents = torch.full((len(objects), GRID * GRID), BACKGROUND, dtype=torch.long)
+    drawn = objects - faded.long()  # (N, 3) the type each object looks like
+    contents.scatter_(1, cells, drawn)
+    return contents
+
+
 class SyntheticObjects(Dataset):
     """The in-memory latent-objects set of the module docstring. No augmentation: a flip or crop
     would move the dot that tells twins apart, or shift objects across patch borders."""
@@ -110,6 +124,10 @@ class SyntheticObjects(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def cell_contents(self) -> torch.Tensor:
+        """(N, 16) content id of each image's cells (`cell_contents`), in the images' order."""
+        return cell_contents(self.objects, self.cells, self.faded)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index].float() / 255), self.targets[index]

@@ -3,6 +3,7 @@ on, checked on the generator alone (no training; docs/demo_seeds.md has the meas
 """
 import torch
 
+import vit
 from inputs import synthetic
 from inputs.synthetic import RANKING, SYNTHETIC_CLASSES, SyntheticObjects
 
@@ -86,3 +87,35 @@ def test_seeded_balanced_and_disjoint_streams():
     assert not train_bytes & {x.numpy().tobytes() for x in val.images}
     assert not train_bytes & {x.numpy().tobytes() for x in other.images}
     assert len(train_bytes) == len(a)
+
+
+def test_cell_contents_are_what_each_patch_shows():
+    """cell_contents follows the ViT's patch order (PatchEmbed with an identity projection hands
+    out each patch's pixels) and names what each patch shows: background has no bright pixel; an
+    object's patch shows its content's template (the tint of a tinted twin included), a dotted
+    content its white corner, a faded object its plain twin's."""
+    ds = SyntheticObjects("val", num_images=600, seed=3)
+    n = len(ds)
+    contents = ds.cell_contents()
+    embed = vit.PatchEmbed(patch_size=8, channels=3, width=3 * 8 * 8)
+    with torch.no_grad():
+        embed.proj.weight.copy_(torch.eye(3 * 8 * 8).view(3 * 8 * 8, 3, 8, 8))
+        embed.proj.bias.zero_()
+        patches = embed(ds.images.float() / 255).view(n, 16, 3, 8, 8)  # (n, N, 3, P, P)
+    assert contents.shape == (n, 16)
+    assert ((contents != synthetic.BACKGROUND).sum(1) == synthetic.OBJECTS_PER_IMAGE).all()
+    bright = patches.amax((2, 3, 4))  # (n, N)
+    assert bright[contents == synthetic.BACKGROUND].max() < 0.45
+    assert bright[contents != synthetic.BACKGROUND].min() > 0.6
+    colour, alpha = synthetic._object_templates()
+    for t in range(len(synthetic.OBJECT_NAMES)):  # each content looks like its own template
+        shown = patches[contents == t]  # (m, 3, P, P)
+        inside = alpha[t, 0] > 0
+        mean = shown[:, :, inside].mean((0, 2))  # (3,) the shape's colour, brightness ~0.95
+        assert len(shown) > 10 and (mean - colour[t][:, inside].mean(1)).abs().max() < 0.08, t
+    corner = patches[..., 0, 0].mean(-1)  # (n, N) grey level of the dot's pixel
+    dotted = torch.isin(contents, torch.tensor(synthetic.DOTTED_TYPES))
+    assert corner[dotted].min() > 0.7 and corner[~dotted].max() < 0.45
+    rows, k = ds.faded.nonzero(as_tuple=True)  # a faded object's cell: its plain twin
+    assert len(rows) > 10
+    assert torch.equal(contents[rows, ds.cells[rows, k]], ds.objects[rows, k] - 1)
