@@ -148,6 +148,86 @@ def heatmap_figure(values: torch.Tensor, *, title: str, labels: list, groups: li
     return image, boxes
 
 
+# ----------------------------------------------------------------------------- matrix
+def matrix_figure(values: torch.Tensor, *, title: str, row_labels: list, col_labels: list,
+                  col_groups: list, table: list, table_header: list, bar_title: str,
+                  notes: str = "") -> tuple[Image.Image, dict]:
+    """An (R, C) matrix of shares in [0, 1] as a titled chart: cells from WHITE (0) to RED (1),
+    rows named on the left, columns named above (turned; for C > MAX_NAMED unnamed), a black
+    line where `col_groups` (a group id per column) changes, a table right of the rows (`table`:
+    a list of texts per row, right-aligned under `table_header`), a colour bar under the matrix
+    marked 0, 50%, 100%, `bar_title` right of it. Boxes: matrix, row_labels, col_labels, table,
+    bar, title."""
+    rows, columns = values.shape
+    named = columns <= MAX_NAMED
+    cell_w = max(MIN_CELL if named else 1, math.ceil(HEATMAP_PX / columns))
+    cell_h = line_height(SMALL_SIZE) + 4
+    width_px, height_px = columns * cell_w, rows * cell_h
+    cells = diverging(values.clamp(0, 1)).repeat_interleave(cell_h, 1)  # (3, H, C)
+    cells = cells.repeat_interleave(cell_w, 2)  # (3, height_px, width_px)
+    for j in range(1, columns):  # group separators, down the whole matrix
+        if col_groups[j] != col_groups[j - 1]:
+            cells[:, :, j * cell_w] = 0
+    row_w = max(text_width(t, SMALL_SIZE) for t in row_labels) + GAP
+    col_texts = [shorten(t, MAX_LABEL_PX, SMALL_SIZE) for t in col_labels] if named else []
+    col_h = max([text_width(t, SMALL_SIZE) for t in col_texts], default=0) + GAP
+    # the table's columns: each as wide as its widest text, 2 GAPs apart
+    widths = [max(text_width(t, SMALL_SIZE) for t in [head, *(row[k] for row in table)])
+              for k, head in enumerate(table_header)]
+    table_w = sum(widths) + 2 * GAP * len(widths)
+    top = max(col_h, line_height(SMALL_SIZE) + GAP)  # the column names, or the table's header
+    bar_y = top + height_px + 2 * GAP
+    bar_h = BAR_WIDTH // 2
+    body_h = bar_y + bar_h + GAP + line_height(SMALL_SIZE)
+    x_map = row_w
+    x_table = x_map + width_px
+    bar_w = min(width_px, HEATMAP_PX // 2) if width_px >= 100 else 100
+    bar_text_w = text_width(bar_title, SMALL_SIZE) + 2 * GAP
+    body = Image.new("RGB", (max(x_table + table_w, x_map + bar_w + bar_text_w), body_h), PAPER)
+    draw = ImageDraw.Draw(body)
+    body.paste(to_pil_image(cells), (x_map, top))
+
+    # row names right-aligned against the matrix; the table right of it, right-aligned columns
+    rights = [x_table + sum(widths[:k + 1]) + 2 * GAP * (k + 1) for k in range(len(widths))]
+    for right, head in zip(rights, table_header):
+        draw_text(draw, (right, top - GAP), head, anchor="rd")
+    for i, (name, row) in enumerate(zip(row_labels, table)):
+        y = top + i * cell_h + cell_h / 2
+        draw_text(draw, (x_map - GAP, y), name, anchor="rm")
+        for right, t in zip(rights, row):
+            draw_text(draw, (right, y), t, anchor="rm")
+    # column names: written on a strip, one line per column, turned 90 degrees (read upwards)
+    if named:
+        strip = Image.new("RGB", (col_h, width_px), PAPER)
+        strip_draw = ImageDraw.Draw(strip)
+        for j, t in enumerate(col_texts):
+            draw_text(strip_draw, (GAP, j * cell_w + cell_w / 2), t, anchor="lm")
+        body.paste(strip.rotate(90, expand=True), (x_map, top - col_h))
+
+    # colour bar: 0 (white) at the left end to 1 (red) at the right, its title right of it
+    bar = diverging(torch.linspace(0, 1, bar_w)[None].expand(bar_h, bar_w))
+    body.paste(to_pil_image(bar), (x_map, bar_y))
+    draw.rectangle((x_map, bar_y, x_map + bar_w - 1, bar_y + bar_h - 1), outline=TEXT)
+    draw_text(draw, (x_map + bar_w + 2 * GAP, bar_y + bar_h / 2), bar_title, anchor="lm")
+    for value, t in ((0, "0"), (0.5, "50%"), (1, "100%")):
+        x = x_map + round(value * (bar_w - 1))
+        draw_text(draw, (x, bar_y + bar_h + 2), t, anchor="ma" if value < 1 else "ra")
+
+    image, y_body = titled(body, title, notes)
+    x0 = MARGIN
+    y0 = y_body
+
+    def moved(b):
+        return (b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0)
+    boxes = {"title": (MARGIN, MARGIN, image.width - MARGIN, y_body - 2 * GAP),
+             "matrix": moved((x_map, top, x_map + width_px, top + height_px)),
+             "row_labels": moved((0, top, x_map, top + height_px)),
+             "col_labels": moved((x_map, 0, x_map + width_px, top)),
+             "table": moved((x_table, top, x_table + table_w, top + height_px)),
+             "bar": moved((x_map, bar_y, x_map + bar_w, bar_y + bar_h))}
+    return image, boxes
+
+
 # ----------------------------------------------------------------------------- image grid
 def tile_figure(tiles: torch.Tensor, *, captions: list, title: str, columns: int,
                 legend_items: list, notes: str = "") -> tuple[Image.Image, dict]:

@@ -276,3 +276,32 @@ def test_point_names_do_not_overprint_one_another():
         x0, y0, x1, y1 = (round(v) for v in placed[0])
         crop = torch.tensor(list(image.crop((x0, y0, x1, y1)).getdata())).view(y1 - y0, x1 - x0, 3)
         assert int((crop <= 80).all(-1).sum()) > 10
+
+
+# ----------------------------------------------------------------------------- matrix
+def test_matrix_figure_cells_group_lines_table_and_colour_bar():
+    values = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 0.25]])
+    image, boxes = figures.matrix_figure(
+        values, title="Two contents, three objects", row_labels=["square", "background"],
+        col_labels=["object 4", "object 0", "object 2"], col_groups=[0, 0, 1],
+        table=[["10", "50%"], ["7", "71%"]], table_header=["patches", "top"],
+        bar_title="share", notes="notes")
+    t = pixels(image)
+    x0, y0, x1, y1 = boxes["matrix"]
+    cell_w = math.ceil(figures.HEATMAP_PX / 3)
+    cell_h = draw.line_height(draw.SMALL_SIZE) + 4
+    assert (x1 - x0, y1 - y0) == (3 * cell_w, 2 * cell_h)
+    for i in range(2):  # the centre of each cell: WHITE (0) to RED (1)
+        for j in range(3):
+            centre = t[:, y0 + i * cell_h + cell_h // 2, x0 + j * cell_w + cell_w // 2]
+            assert centre.tolist() == figures.diverging(values[i:i + 1, j:j + 1])[:, 0, 0].tolist()
+    assert (t[:, y0:y1, x0 + 2 * cell_w] == 0).all()  # a line where the group changes
+    assert (t[:, y0:y1, x0 + cell_w] != 0).any(0).all()  # none inside a group
+    bx0, by0, bx1, by1 = boxes["bar"]  # 0 WHITE at the left end to 1 RED at the right
+    ramp = figures.diverging(torch.linspace(0, 1, bx1 - bx0)[None])[:, 0]  # (3, bar width)
+    inside = t[:, by0 + 2, bx0 + 1:bx1 - 1]  # a row inside its black frame
+    assert torch.equal(inside, ramp[:, 1:-1])
+    assert ramp[:, 0].tolist() == list(figures.WHITE) and ramp[:, -1].tolist() == list(figures.RED)
+    for part in ("title", "row_labels", "col_labels", "table"):
+        assert inked(t, boxes[part]) > 20, part
+    assert boxes["table"][0] >= x1 and boxes["row_labels"][2] <= x0  # beside, not over, the cells

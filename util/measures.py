@@ -82,3 +82,58 @@ def agreement(scores_v: torch.Tensor, scores_n: torch.Tensor, target: torch.Tens
     total = len(target)
     percent = {k: 100 * c / total for k, c in counts.items()}
     return {"counts": counts, "percent": percent, "total": total}
+
+
+# ----------------------------------------------------------------------------- latent objects
+# against known contents: the contingency table n_co of contents c (rows) x latent objects o
+# (columns), n patches in all, p_co = n_co / n, p_c and p_o its row and column sums
+def contingency(contents: torch.Tensor, objects: torch.Tensor, num_contents: int,
+                num_objects: int) -> torch.Tensor:
+    """(C, O) int64 counts n_co of the patches of content c whose argmax object is o; contents
+    and objects: ids of the same patches, any matching shape."""
+    pair = contents.flatten().long() * num_objects + objects.flatten().long()
+    return torch.bincount(pair, minlength=num_contents * num_objects).view(num_contents,
+                                                                          num_objects)
+
+
+def entropy(counts: torch.Tensor) -> float:
+    """H = -sum_i p_i log p_i (nats) of the distribution p = counts / sum(counts)."""
+    p = counts.double().flatten() / counts.sum()
+    return -(p * p.clamp_min(1e-300).log()).sum().item()
+
+
+def nmi(table: torch.Tensor) -> float:
+    """Normalized mutual information of a (C, O) contingency table, in [0, 1]:
+    NMI = I(C; O) / ((H(C) + H(O)) / 2), with I(C; O) = H(C) + H(O) - H(C, O)
+    (the arithmetic normalization, scikit-learn's default). 1: the objects are the contents up
+    to naming; 0: independent. With one content and one object (H(C) = H(O) = 0) it is 1."""
+    h_c = entropy(table.sum(1))
+    h_o = entropy(table.sum(0))
+    if h_c + h_o <= 1e-12:
+        return 1.0
+    mutual = h_c + h_o - entropy(table)
+    return max(0.0, mutual / ((h_c + h_o) / 2))  # max: rounding below 0 when independent
+
+
+def purity(table: torch.Tensor) -> float:
+    """purity = (1/n) sum_o max_c n_co: the share of patches whose object's most common content
+    is their own. 1 when every object holds a single content."""
+    return (table.max(0).values.sum() / table.sum()).item()
+
+
+def content_coverage(table: torch.Tensor, share: float) -> list[dict]:
+    """Per content c (row of a (C, O) table): its patches n_c = sum_o n_co; its most common
+    object o* = argmax_o n_co and that object's share n_co* / n_c; and the fewest objects that
+    take `share` of its patches: the smallest k with (sum of the k largest n_co) >= share * n_c.
+    Share and count are None for a content without patches."""
+    out = []
+    for row in table:
+        n_c = int(row.sum())
+        if n_c == 0:
+            out.append({"patches": 0, "top_object": None, "top_share": None, "objects_for": None})
+            continue
+        ranked = row.sort(descending=True).values.cumsum(0)  # (O,) patches of the k largest
+        needed = int((ranked < share * n_c - 1e-9).sum()) + 1
+        out.append({"patches": n_c, "top_object": int(row.argmax()),
+                    "top_share": int(row.max()) / n_c, "objects_for": needed})
+    return out
