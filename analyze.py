@@ -5,6 +5,8 @@
 One pass over the validation split (`collect`); `write_report` writes next to CKPT (or into
 --out-dir) latent_objects.png and .txt, centroids_{visual,nonvisual,pca}.png and analysis.json:
 pictures that explain themselves (docs/pictures.md shows them, and the paper's claim they test).
+On the synthetic set, when its patches are the grid's cells (the demo's patch 8), also
+latent_objects_vs_contents.png: the latent objects against what was drawn in each patch.
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ from tqdm import tqdm
 
 import data
 import recipes
+from inputs.synthetic import BACKGROUND, CONTENT_NAMES, GRID, SyntheticObjects
 from inputs.transforms import EVAL_FRAMINGS
 from plotting import figures
 from util import checkpoint, cli, evaluate, measures, rundir
@@ -26,6 +29,7 @@ NUM_IMAGES = 8  # latent_objects.png: the first image of each of the first 8 cla
 PAIRS_PER_ROW = 4
 MIN_IMAGE_PX = 128  # images shown at least this large (nearest upscale)
 LEGEND_OBJECTS = 20  # the most used objects named in the legend, one Kelly colour each
+COVERAGE = 0.9  # per drawn content: how many latent objects take this share of its patches
 HEADS = {"visual": "p_V", "nonvisual": "p_N", "integrated": "p_O"}
 PREDICTION = {"visual": "pred_v", "nonvisual": "pred_n", "integrated": "pred_o"}  # collect's keys
 SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head reads (LN(c_v), "
@@ -34,16 +38,19 @@ SPACES = {"visual": ("feat_v", "the ViT's visual space: feat_v, what its head re
 
 
 # ----------------------------------------------------------------------------- one pass
-def collect(model, loader, device, autocast) -> dict:
+def collect(model, loader, device, autocast, *, keep_patches: bool = False) -> dict:
     """One pass of an LLB `model` (eval mode) over `loader`: per image the features
     (feat_v, feat_n: (n, D)), labels y and predicted classes pred_v, pred_n, pred_o (n,); per
     object its argmax count and summed assignment (O,); the first image of each of the first
     NUM_IMAGES classes met (images (m, 3, S, S), image_objects (m, N) patch argmaxes,
-    image_index (m,) its position in y)."""
+    image_index (m,) its position in y); keep_patches: every image's patch argmaxes too
+    (patch_objects (n, N))."""
     num_objects = model.config.num_objects
     counts = torch.zeros(num_objects, dtype=torch.long)
     assign_sum = torch.zeros(num_objects, dtype=torch.float64)
     keep = {k: [] for k in ("feat_v", "feat_n", "pred_v", "pred_n", "pred_o", "y")}
+    if keep_patches:
+        keep["patch_objects"] = []
     picked = {}  # label -> (image, patch object ids, position), first image met of each class
     seen = 0
     with torch.no_grad():
@@ -58,6 +65,8 @@ def collect(model, loader, device, autocast) -> dict:
             for head, scores in evaluate.scores_of(out).items():
                 keep[PREDICTION[head]].append(scores.argmax(1).cpu())
             keep["y"].append(y.cpu())
+            if keep_patches:
+                keep["patch_objects"].append(ids.int())
             for i, label in enumerate(y.tolist()):
                 if len(picked) < NUM_IMAGES and label not in picked:
                     picked[label] = (x[i].float().cpu(), ids[i], seen + i)
@@ -176,15 +185,90 @@ def centroid_pca_picture(centroids: dict, *, info, checkpoint_path, run_dir: Pat
     return shares
 
 
+# ----------------------------------------------------------------------------- drawn contents
+def patch_contents(val_set, *, image_size: int, patch_size: int
+                   ) -> tuple[torch.Tensor | None, str | None]:
+    """What was drawn in each patch of each validation image, (n, N) content ids (CONTENT_NAMES),
+    where that is known: on the synthetic set when its patches are its GRID x GRID cells. Else
+    None, and a line saying why (None when the set has no drawn contents to compare with)."""
+    if not isinstance(val_set, SyntheticObjects):
+        return None, None
+    if image_size != GRID * patch_size:
+        return None, (f"latent objects vs drawn contents: skipped, the patches are not the "
+                      f"synthetic set's cells ({patch_size} px patches on {image_size} px images "
+                      f"make {image_size // patch_size}x{image_size // patch_size}, the cells "
+                      f"{GRID}x{GRID}: patch size = image size / {GRID}, the demo's 8 on 32 px)")
+    return val_set.cell_contents(), None
+
+
+def contents_measures(table: torch.Tensor) -> dict:
+    """analysis.json's "contents" of a (contents, objects) contingency table: NMI and purity over
+    all patches and over the patches that hold an object (background left out), and per content
+    its patches, its most common object and that one's share, and the objects for COVERAGE."""
+    objects_only = table[torch.arange(len(table)) != BACKGROUND]
+    coverage = measures.content_coverage(table, COVERAGE)
+    return {"all_patches": {"nmi": measures.nmi(table), "purity": measures.purity(table)},
+            "object_patches": {"nmi": measures.nmi(objects_only),
+                               "purity": measures.purity(objects_only)},
+            "coverage_share": COVERAGE,
+            "per_content": {name: c for name, c in zip(CONTENT_NAMES, coverage)}}
+
+
+def contents_picture(table: torch.Tensor, found: dict, *, info, checkpoint_path,
+                     run_dir: Path) -> list[int]:
+    """latent_objects_vs_contents.png: the drawn contents (rows) x the latent objects some patch
+    picks (columns, grouped by their main content), each column the shares of that object's
+    patches; returns the objects in their column order."""
+    used = (table.sum(0) > 0).nonzero().flatten().tolist()
+    main = table.argmax(0)  # (O,) the content most of an object's patches hold
+    order = sorted(used, key=lambda o: (int(main[o]), -int(table[main[o], o]), o))
+    shares = table[:, order].double() / table[:, order].sum(0)  # (C, used): columns sum to 1
+    rows = [["0", "-", "-"] if c["patches"] == 0 else
+            [f"{c['patches']:,}", f"{100 * c['top_share']:.0f}%", str(c["objects_for"])]
+            for c in found["per_content"].values()]
+    num_objects = table.shape[1]
+    every, objects = found["all_patches"], found["object_patches"]
+    title = (f"Latent objects (LLB step 1) of {checkpoint_path} against what was drawn, on the "
+             f"{info.name} validation split: each patch is one grid cell; rows are what the "
+             f"cell holds, columns the latent object it goes to (argmax of p^i over "
+             f"{num_objects}). A column shows what its object's patches hold (it sums to 100%); "
+             f"columns are grouped by their object's main content (black lines).")
+    notes = (f"Normalized mutual information {every['nmi']:.2f} over all patches, "
+             f"{objects['nmi']:.2f} over the patches holding an object (1: the objects are the "
+             f"contents; 0: unrelated); purity {every['purity']:.2f} (objects only: "
+             f"{objects['purity']:.2f}), the share of patches in their object's main content. "
+             f"Right: per content its patches, the share its most common object takes, and how "
+             f"many objects take {100 * COVERAGE:.0f}% of them. {len(used)} of {num_objects} "
+             f"objects are some patch's argmax; the others are not shown. A faded object (a "
+             f"marked one drawn without its mark) counts as the plain twin it looks like.")
+    image, _ = figures.matrix_figure(
+        shares, title=title, row_labels=list(CONTENT_NAMES),
+        col_labels=[f"object {o}" for o in order], col_groups=[int(main[o]) for o in order],
+        table=rows,
+        table_header=["patches", "top object takes", f"objects for {100 * COVERAGE:.0f}%"],
+        bar_title="share of a column's patches (what its object holds)", notes=notes)
+    image.save(run_dir / "latent_objects_vs_contents.png")
+    return order
+
+
 def write_report(collected: dict, *, info, checkpoint_path, run_dir: Path,
-                 options: dict | None = None) -> dict:
+                 options: dict | None = None, contents: torch.Tensor | None = None) -> dict:
     """The pictures, latent_objects.txt and analysis.json (with main's `options`, when given) of
-    `collect`'s output in `run_dir`, and a printed summary; returns what analysis.json holds."""
+    `collect`'s output in `run_dir`, and a printed summary; returns what analysis.json holds.
+    `contents` (n, N): what was drawn in each patch (`patch_contents`), against collect's
+    patch_objects (keep_patches=True)."""
     y = collected["y"]
     num_classes = info.num_classes
     usage = measures.object_usage(collected["object_counts"], collected["assign_sum"])
     latent_objects_picture(collected, info=info, checkpoint_path=checkpoint_path, usage=usage,
                            run_dir=run_dir)
+    found = None
+    if contents is not None:  # the latent objects against what was drawn in each patch
+        table = measures.contingency(contents, collected["patch_objects"], len(CONTENT_NAMES),
+                                     usage["num_objects"])
+        found = contents_measures(table)
+        found["object_order"] = contents_picture(table, found, info=info,
+                                                 checkpoint_path=checkpoint_path, run_dir=run_dir)
 
     # class centroids in the visual and non-visual spaces
     order = measures.class_order(num_classes, info.coarse_of_class)
@@ -218,7 +302,7 @@ def write_report(collected: dict, *, info, checkpoint_path, run_dir: Path,
                "superclass_similarity": superclass if groups else None,
                "pca_variance_share": pca_share,
                "heatmap_classes": [info.class_names[k] for k in order],
-               "heatmap_superclasses": coarse_names}
+               "heatmap_superclasses": coarse_names, "contents": found}
     if options is not None:
         results["options"] = options
     (run_dir / "analysis.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -244,6 +328,20 @@ def print_summary(results: dict, run_dir: Path) -> None:
         print(f"{space} class centroids: mean cosine {mean:.3f}" + (
             "  within / across superclasses {within:.3f} / {across:.3f}".format(**superclass[space])
             if superclass and None not in superclass[space].values() else ""))
+    found = results["contents"]
+    if found is None:
+        return
+    every, objects = found["all_patches"], found["object_patches"]
+    print(f"latent objects vs drawn contents: NMI {every['nmi']:.3f} (object patches "
+          f"{objects['nmi']:.3f}), purity {every['purity']:.3f} ({objects['purity']:.3f})")
+    share = f"objects {100 * found['coverage_share']:.0f}%"
+    print(f"{'content':<26}{'patches':>8}{'top object':>12}{'its share':>11}{share:>13}")
+    for name, c in found["per_content"].items():
+        if c["patches"] == 0:
+            print(f"{name:<26}{0:>8}")
+            continue
+        print(f"{name:<26}{c['patches']:>8}{c['top_object']:>12}{100 * c['top_share']:>10.1f}%"
+              f"{c['objects_for']:>13}")
 
 
 # ----------------------------------------------------------------------------- superclasses
@@ -367,13 +465,18 @@ def main(argv=None) -> dict:
             raise ValueError(f"{args.checkpoint} was trained at "
                              f"{ckpt['vit_config']['image_size']} px, but the options give "
                              f"{info.image_size} px: drop --image-size")
+        contents, skipped = patch_contents(val_loader.dataset, image_size=info.image_size,
+                                           patch_size=ckpt["vit_config"]["patch_size"])
+        if skipped is not None:
+            print(skipped)
         model = checkpoint.model_from_checkpoint(ckpt, num_classes=info.num_classes,
                                                  source=args.checkpoint)
         model.to(device).eval()
         collected = collect(model, val_loader, device,
-                            recipes.autocast(r.amp, device, enabled=r.eval_amp))
+                            recipes.autocast(r.amp, device, enabled=r.eval_amp),
+                            keep_patches=contents is not None)
         return write_report(collected, info=info, checkpoint_path=args.checkpoint, run_dir=out,
-                            options=options)
+                            options=options, contents=contents)
 
 
 if __name__ == "__main__":

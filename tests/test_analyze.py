@@ -14,6 +14,7 @@ import analyze
 import data
 import train
 from plotting import draw, figures
+from inputs.synthetic import BACKGROUND, CONTENT_NAMES
 from util import measures
 
 O = 16  # noqa: E741 (the paper's O): latent objects of the tiny run
@@ -80,6 +81,20 @@ def test_analyze_end_to_end(run_dir):
     assert 0 <= saved["top1"]["integrated"] <= 100
     for value in saved["mean_centroid_similarity"].values():
         assert -1 <= value <= 1
+    # patch 8 on 32 px: the patches are the cells; the contents of the 1,000 validation images
+    found = saved["contents"]
+    drawn = data.build_datasets("synthetic")[1].cell_contents()  # (1000, 16)
+    per = found["per_content"]
+    assert [c["patches"] for c in per.values()] == torch.bincount(drawn.flatten()).tolist()
+    assert per["background"]["patches"] == 13 * n
+    for c in per.values():
+        assert 0 < c["top_share"] <= 1 and 1 <= c["objects_for"] <= O
+    for part in ("all_patches", "object_patches"):
+        assert 0 <= found[part]["nmi"] <= 1 and 0 < found[part]["purity"] <= 1
+    order = found["object_order"]  # the objects some patch picks, each once
+    assert len(set(order)) == len(order) == usage["used"] and set(order) <= set(range(O))
+    contents_png = png(run_dir / "latent_objects_vs_contents.png")
+    assert dark(contents_png[:, :40]) > 100
     info = data.build_datasets("synthetic", max_per_class=1)[2]
     order = measures.class_order(10, info.coarse_of_class)
     assert saved["heatmap_classes"] == [info.class_names[c] for c in order]
@@ -140,6 +155,77 @@ def test_object_usage():
     assert measures.object_usage(counts, torch.eye(6)[2])["perplexity"] == pytest.approx(1)
     half = torch.tensor([0.5, 0.25, 0.25, 0, 0, 0])  # H = 1.5 log 2
     assert measures.object_usage(counts, half)["perplexity"] == pytest.approx(2 ** 1.5)
+
+
+def test_nmi_and_purity_of_planted_assignments():
+    g = torch.Generator().manual_seed(0)
+    contents = torch.randint(0, 13, (40_000,), generator=g)  # 13 contents, about equal
+    # one object per content, under other ids (and 3 objects never used): NMI 1, purity 1
+    rename = torch.randperm(16, generator=g)[:13]
+    table = measures.contingency(contents, rename[contents], 13, 16)
+    assert table.shape == (13, 16) and int(table.sum()) == 40_000
+    assert int(table[3, rename[3]]) == int((contents == 3).sum())
+    assert measures.nmi(table) == pytest.approx(1) and measures.purity(table) == pytest.approx(1)
+    # objects drawn at random, whatever the content: NMI near 0
+    noise = measures.contingency(contents, torch.randint(0, 16, (40_000,), generator=g), 13, 16)
+    assert 0 <= measures.nmi(noise) < 0.01
+    # each of 2 equal contents split evenly over 2 objects: H(C) = ln 2, H(O) = ln 4 and
+    # I = ln 2, so NMI = ln 2 / ((ln 2 + ln 4) / 2) = 2/3; every object pure: purity 1
+    split = torch.tensor([[5, 5, 0, 0], [0, 0, 5, 5]])
+    assert measures.nmi(split) == pytest.approx(2 / 3) and measures.purity(split) == 1
+    # 4 equal contents, two to an object: NMI 2/3 again; half the patches in a foreign content
+    merged = torch.tensor([[7, 0], [7, 0], [0, 7], [0, 7]])
+    assert measures.nmi(merged) == pytest.approx(2 / 3) and measures.purity(merged) == 0.5
+    assert measures.nmi(torch.tensor([[9]])) == 1  # one content, one object
+    assert measures.entropy(torch.tensor([1, 1, 2])) == pytest.approx(1.5 * math.log(2))
+
+
+def test_content_coverage():
+    table = torch.tensor([[50, 30, 0, 15, 5], [0, 0, 0, 0, 0], [0, 0, 8, 0, 0]])
+    first, empty, alone = measures.content_coverage(table, 0.9)
+    assert first == {"patches": 100, "top_object": 0, "top_share": 0.5, "objects_for": 3}
+    assert measures.content_coverage(table, 0.95)[0]["objects_for"] == 3  # 50 + 30 + 15
+    assert measures.content_coverage(table, 0.96)[0]["objects_for"] == 4
+    assert empty == {"patches": 0, "top_object": None, "top_share": None, "objects_for": None}
+    assert alone == {"patches": 8, "top_object": 2, "top_share": 1.0, "objects_for": 1}
+
+
+def test_latent_objects_against_planted_contents(tmp_path, capsys):
+    """write_report with the drawn contents of 2 images (16 patches each) and patch objects
+    planted one per content (object 20 - c for content c): NMI 1, purity 1, each content all
+    in one object; the picture's columns: the 4 objects used, each a full red cell."""
+    contents = torch.full((2, 16), BACKGROUND)
+    contents[0, [0, 5, 9]] = torch.tensor([3, 7, 11])
+    contents[1, [2, 5, 15]] = torch.tensor([3, 0, 6])
+    y = torch.tensor([0, 1])
+    objects = 20 - contents
+    counts = torch.bincount(objects.flatten(), minlength=O + 8)
+    collected = {"feat_v": torch.randn(2, 8), "feat_n": torch.randn(2, 8), "y": y, "pred_v": y,
+                 "pred_n": y, "pred_o": y, "object_counts": counts,
+                 "assign_sum": counts.double(), "images": torch.randn(2, 3, 32, 32),
+                 "image_objects": objects, "image_index": torch.tensor([0, 1]),
+                 "patch_objects": objects.int()}
+    info = data.DataInfo(name="synthetic", num_classes=2, image_size=32, class_names=["a", "b"],
+                         augment="none")
+    results = analyze.write_report(collected, info=info, checkpoint_path="run/last.pt",
+                                   run_dir=tmp_path, contents=contents)
+    found = results["contents"]
+    assert found["all_patches"] == {"nmi": pytest.approx(1), "purity": pytest.approx(1)}
+    assert found["object_patches"] == {"nmi": pytest.approx(1), "purity": pytest.approx(1)}
+    per = found["per_content"]
+    assert per["background"] == {"patches": 26, "top_object": 8, "top_share": 1.0,
+                                 "objects_for": 1}
+    assert per[CONTENT_NAMES[3]]["patches"] == 2 and per[CONTENT_NAMES[1]]["patches"] == 0
+    assert found["object_order"] == [20, 17, 14, 13, 9, 8]  # by main content: 0, 3, 6, 7, 11, bg
+    assert json.loads((tmp_path / "analysis.json").read_text())["contents"] == json.loads(
+        json.dumps(found))
+    picture = png(tmp_path / "latent_objects_vs_contents.png")
+    red = (picture == torch.tensor(figures.RED, dtype=torch.uint8)[:, None, None]).all(0)
+    cell_w = math.ceil(figures.HEATMAP_PX / 6)
+    cell_h = draw.line_height(draw.SMALL_SIZE) + 4
+    assert int(red.sum()) >= 6 * (cell_w - 1) * cell_h  # one full cell per column, less lines
+    said = capsys.readouterr().out
+    assert "latent objects vs drawn contents: NMI 1.000 (object patches 1.000)" in said
 
 
 def test_write_report_on_constructed_collect_output(tmp_path, capsys):
@@ -322,3 +408,26 @@ def test_a_class_without_validation_images_and_one_class_alone(tmp_path, capsys)
         assert int(grey.sum()) > 0  # class c's row and column
     said = capsys.readouterr().out
     assert said.count("centroids_pca.png not drawn: only 1 class has validation images") == 1
+
+
+def test_latent_objects_vs_contents_skipped_where_patches_are_not_cells(tmp_path, capsys):
+    """Patch 4 on the synthetic set's 32 px: 8x8 patches, not its 4x4 cells. analyze.py says so
+    in one line and writes everything else; patch_contents gives the cells at patch 8."""
+    val = data.build_datasets("synthetic", max_per_class=2)[1]
+    contents, why = analyze.patch_contents(val, image_size=32, patch_size=8)
+    assert why is None and torch.equal(contents, val.cell_contents())
+    assert analyze.patch_contents(val, image_size=64, patch_size=16)[1] is None
+    assert analyze.patch_contents(object(), image_size=32, patch_size=8) == (None, None)
+    train.main(["--dataset", "synthetic", "--model", "micro", "--patch-size", "4", "--epochs", "1",
+                "--llb-epochs", "1", "--max-per-class", "8", "--batch-size", "16",
+                "--num-objects", "8", "--device", "cpu", "--out-dir", str(tmp_path)])
+    capsys.readouterr()
+    results = analyze.main([str(tmp_path / "last.pt"), "--device", "cpu"])
+    said = capsys.readouterr().out
+    skipped = [line for line in said.splitlines() if "latent objects vs drawn contents" in line]
+    assert len(skipped) == 1 and re.search(r"skipped, the patches are not the synthetic set's "
+                                           r"cells \(4 px patches on 32 px images make 8x8, the "
+                                           r"cells 4x4", skipped[0])
+    assert results["contents"] is None
+    assert not (tmp_path / "latent_objects_vs_contents.png").exists()
+    assert (tmp_path / "latent_objects.png").exists()
