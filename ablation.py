@@ -3,14 +3,13 @@
     python ablation.py                               # synthetic set on a CPU: a few minutes
     python ablation.py --seeds 3 --recipe vit-b16-in21k --data-dir /data/imagenet --gpus 4
 
-Every option other than --out-dir and --seeds goes to train.py as it is (the authors ran 4 GPUs x
-128: --gpus 4 and the default --batch-size 128; p~ of L_div is per process, so 8 x 64 averages
+Every option other than --out-dir and --seeds goes to train.py as it is (the authors ran 4 GPUs
+x 128: --gpus 4 and the default --batch-size 128; p~ of L_div is per process, so 8 x 64 averages
 it over half as many patches). For each seed s = 0..N-1 (train.py --seed s), into
 <out-dir>/seed<s>/: when no backbone is given (--pretrained, --backbone, a recipe's weights), a
-ViT is trained first
-(backbone/, one per seed); then one LLB run per trained row on that frozen backbone: full LLB
-(full/), --no-disconnect, --no-diversity and --pos-embed (the paper's "w/o visual
-disconnection", "w/o diversity" and "w/ Pos."). Rows read from those runs, not trained:
+ViT is trained first (backbone/, one per seed); then one LLB run per trained row on that frozen
+backbone: full LLB (full/), --no-disconnect, --no-diversity and --pos-embed (the paper's "w/o
+visual disconnection", "w/o diversity" and "w/ Pos."). Rows read from those runs, not trained:
 "w/o integration" is p_N of the full runs (integration changes only the evaluation: the full
 run's branch is the one a --no-integrate run would train), and "baseline ViT" is p_V of the full
 runs, the frozen backbone's own head. Only when the backbone is trained here, one more row,

@@ -185,8 +185,7 @@ def agreement(rows: dict, paths: list[str]) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """img/s per loader core of each row, the pixel agreement with (b), the cores needed."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -204,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here; leave --device out to "
                      "time the device part on the CPU")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """img/s per loader core of each row, the pixel agreement with (b), the cores needed."""
+    args = parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker: one process, one thread
     with tempfile.TemporaryDirectory() as tmp:
         if args.images is None:

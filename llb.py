@@ -56,6 +56,8 @@ class LLBConfig:
     alpha: float = 0.8  # integration weight of the visual probabilities p_V
     diversity_weight: float = 0.5  # lambda, weight of L_div in the loss
     diversity_mode: str = "batch"  # p~ over patches and batch ("batch", authors') or per image
+    # Note: the ablations' two constructions below are this project's; the authors' public code
+    # has no such switches and the paper does not say how its rows were built.
     disconnect: bool = True  # ablation: False -> N_0 = the extractor's patch outputs (no A N_emb)
     diversity: bool = True  # ablation: False -> loss without lambda L_div (L_div still reported)
     pos_embed: bool = False  # ablation: True -> learnable position embedding on [c_n || N_0]
@@ -202,7 +204,8 @@ class LLB(nn.Module):
         h = self.extractor(z)  # (B, 1 + N, D)
         patches = h[:, 1:]  # (B, N, D): class token excluded
         # Note: fp32 even under autocast: / tau = 0.1 sharpens the logits 10x, and with bf16
-        # logits 1.4-1.7% of patches changed their argmax object (measured at ViT-B/16 sizes).
+        # logits 1.5% of patches changed their argmax object at ViT-B/16 sizes (the command:
+        # docs/reproducing.md, "Where this departs").
         with torch.autocast(z.device.type, enabled=False):
             logits = self.to_objects(patches.float())  # (B, N, O)
             # LLB step 1: p^i = Softmax(MLP(v_l^i) / tau)

@@ -163,21 +163,20 @@ def parse_names(parser, text: str, table: dict, option: str) -> list[Blank]:
     return [table[name] for name in dict.fromkeys(names)]
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked before anything is written: args.blanks, args.out (a Path)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="", help="LLB steps to blank, e.g. 1,2,3,4")
     parser.add_argument("--vit", default="", help="ViT parts to blank: attention,block")
     parser.add_argument("--out", required=True, help="new or empty directory for the copy")
     args = parser.parse_args(argv)
-
-    # Check everything before writing anything
-    blanks = (parse_names(parser, args.steps, STEPS, "--steps")
+    args.blanks = (parse_names(parser, args.steps, STEPS, "--steps")
               + parse_names(parser, args.vit, VIT_PARTS, "--vit"))
-    if not blanks:
+    if not args.blanks:
         parser.error(f"nothing to blank: give --steps ({','.join(STEPS)}) "
                      f"and/or --vit ({','.join(VIT_PARTS)})")
-    out = Path(args.out)
+    out = args.out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(f"--out {out} exists and is not an empty directory; give a new or empty "
                      f"directory (the copy is written there, nothing is overwritten)")
@@ -185,20 +184,27 @@ def main(argv=None):
         parser.error(f"--out {out} is inside the repository {ROOT}: the student copy would be "
                      f"copied into itself and collected by the repository's tests; give a "
                      f"folder outside it, e.g. --out ../course")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)  # everything checked before anything is written
+    out = args.out
 
     # Copy and blank; a failed copy removes what it wrote (out was new or empty)
     existed = out.exists()
     try:
-        files = make_assignment(ROOT, out, blanks)
+        files = make_assignment(ROOT, out, args.blanks)
     except OSError as err:
         shutil.rmtree(out, ignore_errors=True)
         if existed:
             out.mkdir(exist_ok=True)
-        parser.exit(2, f"error: cannot write the copy into {out} ({err.strerror or err}: "
-                       f"{err.filename or ''}); nothing is left there. Give a writable folder "
-                       f"with room for the repository's files.\n")
+        print(f"error: cannot write the copy into {out} ({err.strerror or err}: "
+              f"{err.filename or ''}); nothing is left there. Give a writable folder with room "
+              f"for the repository's files.", file=sys.stderr)
+        return 2
     print(f"wrote {len(files)} files to {out}; blanked:")
-    for blank in blanks:
+    for blank in args.blanks:
         print(f"  {blank.file}: {blank.cls}.{blank.method}  (grade: pytest -m {blank.marker})")
 
 
