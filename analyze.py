@@ -241,6 +241,9 @@ def contents_picture(table: torch.Tensor, found: dict, *, info, checkpoint_path,
              f"many objects take {100 * COVERAGE:.0f}% of them. {len(used)} of {num_objects} "
              f"objects are some patch's argmax; the others are not shown. A faded object (a "
              f"marked one drawn without its mark) counts as the plain twin it looks like.")
+    if len(order) > figures.MAX_NAMED:
+        notes += (" Too many objects to name: the columns are analysis.json's "
+                  "contents.object_order, left to right.")
     image, _ = figures.matrix_figure(
         shares, title=title, row_labels=list(CONTENT_NAMES),
         col_labels=[f"object {o}" for o in order], col_groups=[int(main[o]) for o in order],

@@ -305,3 +305,14 @@ def test_matrix_figure_cells_group_lines_table_and_colour_bar():
     for part in ("title", "row_labels", "col_labels", "table"):
         assert inked(t, boxes[part]) > 20, part
     assert boxes["table"][0] >= x1 and boxes["row_labels"][2] <= x0  # beside, not over, the cells
+
+
+def test_matrix_figure_leaves_columns_unnamed_when_too_many():
+    columns = figures.MAX_NAMED + 30
+    image, boxes = figures.matrix_figure(
+        torch.rand(3, columns), title="many objects", row_labels=["a", "b", "c"],
+        col_labels=[f"object {j}" for j in range(columns)], col_groups=[0] * columns,
+        table=[["1"], ["2"], ["3"]], table_header=["n"], bar_title="share")
+    x0, _, x1, _ = boxes["matrix"]
+    assert x1 - x0 == columns * math.ceil(figures.HEATMAP_PX / columns)
+    assert inked(pixels(image), boxes["col_labels"]) == 0
