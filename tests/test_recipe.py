@@ -49,7 +49,7 @@ def test_each_stage_resolves_its_own_defaults():
     assert folder.name == "imagenet_llb"
     # the demo: both stages of vit+llb, the LLB stage with the synthetic set's own sizes
     (v, _), (lb, _) = recipes.plan(train.parse_args(["--lr", "0.002"]))
-    assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 12, "micro")
+    assert (v.defaults, v.lr, v.epochs, v.model) == ("scratch", 0.002, 24, "micro")
     assert (lb.defaults, lb.lr, lb.epochs, lb.llb["num_objects"]) == ("llb", 0.002, 4, 64)
     assert lb.backbone.endswith(os.path.join("vit", "last.pt")) and lb.model is None
     # a ViT from scratch on a folder of small images it cannot read: no augmentation, ViT-Ti/4
