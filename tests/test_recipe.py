@@ -80,7 +80,7 @@ def test_a_named_recipe_is_a_paper_row_and_options_go_on_top():
             assert r.origin.get("dataset") == f"recipe {name}", name
     # the demo's recipe applies on the synthetic set, and only there
     (v, _), (lb, _) = recipes.plan(train.parse_args([]))
-    assert (v.epochs, lb.epochs, lb.lr, lb.llb["num_objects"]) == (12, 4, 1e-3, 64)
+    assert (v.epochs, lb.epochs, lb.lr, lb.llb["num_objects"]) == (24, 4, 1e-3, 64)
     assert lb.origin["num_objects"] == "recipe demo"
     (v, _), (lb, _) = recipes.plan(train.parse_args(["--dataset", "imagenet", "--data-dir", "x"]))
     assert (v.epochs, v.model, lb.llb["num_objects"], lb.lr) == (70, "base", 2048, 1e-4)
