@@ -99,6 +99,7 @@ def contingency(contents: torch.Tensor, objects: torch.Tensor, num_contents: int
 def entropy(counts: torch.Tensor) -> float:
     """H = -sum_i p_i log p_i (nats) of the distribution p = counts / sum(counts)."""
     p = counts.double().flatten() / counts.sum()
+    # H = -sum_i p_i log p_i, with 0 log 0 = 0
     return -(p * p.clamp_min(1e-300).log()).sum().item()
 
 
@@ -111,6 +112,7 @@ def nmi(table: torch.Tensor) -> float:
     h_o = entropy(table.sum(0))
     if h_c + h_o <= 1e-12:
         return 1.0
+    # I(C; O) = H(C) + H(O) - H(C, O);  NMI = I(C; O) / ((H(C) + H(O)) / 2)
     mutual = h_c + h_o - entropy(table)
     return max(0.0, mutual / ((h_c + h_o) / 2))  # max: rounding below 0 when independent
 
@@ -118,6 +120,7 @@ def nmi(table: torch.Tensor) -> float:
 def purity(table: torch.Tensor) -> float:
     """purity = (1/n) sum_o max_c n_co: the share of patches whose object's most common content
     is their own. 1 when every object holds a single content."""
+    # purity = (1/n) sum_o max_c n_co
     return (table.max(0).values.sum() / table.sum()).item()
 
 
@@ -133,6 +136,7 @@ def content_coverage(table: torch.Tensor, share: float) -> list[dict]:
             out.append({"patches": 0, "top_object": None, "top_share": None, "objects_for": None})
             continue
         ranked = row.sort(descending=True).values.cumsum(0)  # (O,) patches of the k largest
+        # k = min {k : sum of the k largest n_co >= share * n_c}; top share = max_o n_co / n_c
         needed = int((ranked < share * n_c - 1e-9).sum()) + 1
         out.append({"patches": n_c, "top_object": int(row.argmax()),
                     "top_share": int(row.max()) / n_c, "objects_for": needed})
