@@ -1,6 +1,7 @@
 """Tests of the synthetic set's calibration (synthetic.py): the properties the demo's numbers rest
 on, checked on the generator alone (no training; docs/demo_seeds.md has the measured accuracies).
 """
+import pytest
 import torch
 
 import vit
@@ -50,6 +51,22 @@ def test_faded_marks_are_the_only_ambiguity_and_bounded():
     assert 0.10 < ambiguous < 0.22  # the calibrated ceiling: about 84% top-1
     exact = RANK_OF[ds.objects].min(1).values
     assert torch.equal(exact, torch.tensor(ds.targets))
+
+
+def test_bayes_rule_is_the_ceiling_of_reading_the_drawn_types():
+    # without fading the drawn types decide the label: the best guess is always right
+    assert sum(p for _, p in synthetic.bayes_rule(0.0).values()) == pytest.approx(1.0)
+    rule = synthetic.bayes_rule()
+    ceiling = sum(p for _, p in rule.values())
+    assert 0.80 < ceiling < 0.95
+    # on a split it beats reading every object as drawn (it also weighs the other objects)
+    ds = SyntheticObjects("val", num_images=4000, seed=0)
+    drawn = (ds.objects - ds.faded.long()).sort(1).values
+    truth = torch.tensor(ds.targets)
+    bayes = torch.tensor([rule[tuple(row.tolist())][0] for row in drawn])
+    read = RANK_OF[drawn].min(1).values
+    assert (bayes == truth).float().mean() > (read == truth).float().mean() + 0.01
+    assert abs((bayes == truth).float().mean().item() - ceiling) < 0.02
 
 
 def test_faded_objects_are_painted_as_their_plain_twin():
