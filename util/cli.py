@@ -7,15 +7,17 @@ a traceback.
 
 `run(main)` calls main(argv). A user error (ValueError, OSError, RuntimeError: the checks of
 this project raise them with a message that says what was expected and how to fix it) prints
-`error: ...` once (rank 0 under DDP) and exits 2; `--debug` or LLB_DEBUG=1 shows the traceback
-instead. Ctrl-C exits 130 with what was kept and how to continue (`Interrupted`).
+`error: ...` and exits 2; under DDP each rank prints its own, prefixed `[rank k/N]` (an
+error every rank raises alike, distributed.EveryRank: rank 0 alone). `--debug` or LLB_DEBUG=1
+shows the traceback instead. Ctrl-C exits 130 with what was kept and how to continue
+(`Interrupted`).
 """
 import argparse
 import math
 import os
 import sys
 
-from util.distributed import is_master
+from util.distributed import EveryRank, is_master, rank_of
 
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 
@@ -75,7 +77,11 @@ def run(main, argv: list | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        if is_master():
-            print(f"error: {message_of(err)}\n(to see the traceback: add --debug, or set "
-                  f"LLB_DEBUG=1)", file=sys.stderr)
+        rank, world = rank_of()
+        if isinstance(err, EveryRank) and rank > 0:
+            return 2  # rank 0 says it
+        # under DDP a rank's own error (out of memory, a file missing on its node) is said too
+        who = f"[rank {rank}/{world}] " if world > 1 else ""
+        print(f"{who}error: {message_of(err)}\n(to see the traceback: add --debug, or set "
+              f"LLB_DEBUG=1)", file=sys.stderr)
         return 2
