@@ -44,15 +44,21 @@ def keep(folder, rank, value, name: str = "result") -> None:
 
 def seen(folder, name: str = "result", world: int = 2) -> list:
     """What each rank kept under `name`, in rank order."""
+    missing = [r for r in range(world) if not (folder / f"{name}{r}.pt").exists()]
+    if missing:
+        launched = folder / "launch.txt"
+        pytest.fail(f"rank(s) {missing} kept nothing for {name}: "
+                    f"{launched.read_text()[-2000:] if launched.exists() else ''}")
     return [torch.load(folder / f"{name}{r}.pt", weights_only=False) for r in range(world)]
 
 
 def _scenarios(folder, rank) -> None:
     """The scenarios that share one process group (starting one costs seconds), in turn; each
-    keeps what it saw, or its error."""
-    for name, scenario in (("evaluation", _evaluate_one_image), ("dropout", _dropout_masks),
-                           ("same_files", _files_of_each_node), ("node_files", _files_of_each_node),
-                           ("two_nodes", _downloads), ("one_node", _downloads)):
+    keeps what it saw, or its error (the last one may end the group: gloo aborts on a
+    collective whose sizes differ between ranks)."""
+    for name, scenario in (("dropout", _dropout_masks), ("same_files", _files_of_each_node),
+                           ("node_files", _files_of_each_node), ("two_nodes", _downloads),
+                           ("one_node", _downloads), ("evaluation", _evaluate_one_image)):
         try:
             keep(folder, rank, scenario(folder / name, rank, name), name)
         except Exception as err:
@@ -64,7 +70,10 @@ def _scenarios(folder, rank) -> None:
 def two_ranks(tmp_path_factory) -> Path:
     """The folder where 2 ranks kept what each scenario showed them."""
     folder = tmp_path_factory.mktemp("ranks")
-    launch(_scenarios, folder)
+    try:
+        launch(_scenarios, folder)
+    except (SystemExit, Exception) as err:  # a rank failed: the scenarios it did not finish fail
+        (folder / "launch.txt").write_text(f"{type(err).__name__}: {err}")
     return folder
 
 
