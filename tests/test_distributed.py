@@ -104,11 +104,18 @@ def test_an_error_on_a_rank_other_than_0_is_printed_and_stops_the_run(capfd):
     assert "[rank 1/2] error: data/x.bin not found on this node: copy it there" in err
 
 
-def test_an_error_every_rank_raises_alike_is_printed_once(monkeypatch, capsys):
+def test_under_torchrun_each_rank_prints_its_own_error_and_a_shared_one_once(monkeypatch,
+                                                                              capsys):
+    def out_of_memory(argv):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     def refused(argv):
         raise distributed.EveryRank("the ranks see different files at run/last.pt")
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.run(out_of_memory, []) == 2
+    assert capsys.readouterr().err.startswith("[rank 1/2] error: CUDA out of memory. Tried")
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
         assert cli.run(refused, []) == 2

@@ -13,12 +13,14 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 SPAWNED = "LLB_SPAWNED"  # set in the processes `launch` starts (their parent holds the lock)
+ERRORS = "LLB_ERRORS"  # the folder where the processes of `launch` leave their user errors
 # What torchrun (or `launch`) sets in each process; one without the others is a mistake
 VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 INIT_TIMEOUT = "LLB_INIT_TIMEOUT"  # seconds to wait for every process to join
@@ -41,21 +43,41 @@ def launch(main, argv: list, processes: int) -> None:
         port = s.getsockname()[1]
     # the other processes are stopped when one fails: that is expected, not worth a warning
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
-    try:
-        torch.multiprocessing.start_processes(_worker, args=(main, argv, processes, port),
-                                              nprocs=processes, start_method="spawn")
-    except torch.multiprocessing.ProcessExitedException as err:
-        # the failed rank has printed the reason (util/cli.py); the others were stopped
-        sys.exit(err.exit_code if err.exit_code > 0 else 1)
+    with tempfile.TemporaryDirectory() as errors:
+        try:
+            torch.multiprocessing.start_processes(
+                _worker, args=(main, argv, processes, port, errors), nprocs=processes,
+                start_method="spawn")
+        except torch.multiprocessing.ProcessExitedException as err:
+            # the first to fail stopped the others; say each distinct error once
+            first = err.error_index
+            said = {}  # error -> the ranks that left it (util/cli.py), the first failed first
+            for rank in sorted(range(processes), key=lambda r: r != first):
+                path = Path(errors, str(rank))
+                if path.exists():
+                    said.setdefault(path.read_text(), []).append(str(rank))
+            for text, ranks in said.items():
+                print(f"[rank {', '.join(ranks)}/{processes}] {text}", file=sys.stderr)
+            sys.exit(err.exit_code if err.exit_code > 0 else 1)
 
 
-def _worker(rank: int, main, argv: list, world: int, port: int) -> None:
+def _worker(rank: int, main, argv: list, world: int, port: int, errors: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{SPAWNED: "1"})
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      **{SPAWNED: "1", ERRORS: errors})
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # CPU ranks share the cores
-    code = main(argv)  # main prints a user error (prefixed by the rank), returns the exit code
+    code = main(argv)  # main leaves a user error to `launch` (hand_over), returns the exit code
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def hand_over(text: str) -> bool:
+    """In a process of `launch`: leave a user error for it to print (once, however many ranks
+    fail alike). False elsewhere: the caller prints it."""
+    if ERRORS not in os.environ:
+        return False
+    Path(os.environ[ERRORS], os.environ["RANK"]).write_text(text)
+    return True
 
 
 def environment_problem() -> str | None:
