@@ -177,7 +177,7 @@ def rank_of() -> tuple[int, int]:
 
 def is_master() -> bool:
     """Rank 0 (or a single process): the process that prints and writes files."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank_of()[0] == 0
 
 
 def all_sum(values: list, device: torch.device) -> list:
@@ -209,12 +209,14 @@ def check_same_files(paths: list) -> None:
     seen = [None] * dist.get_world_size()
     dist.all_gather_object(seen, mine)
     for i, path in enumerate(paths):
-        views = [(rank, host, files[i]) for rank, (host, files) in enumerate(seen)]
-        if len({view for _, _, view in views}) == 1:
+        if len({files[i] for _, files in seen}) == 1:
             continue
-        said = "; ".join(f"rank {rank} on {host}: " + ("missing" if view is None else
-                                                       f"{view[0]:,} bytes, digest {view[1]}")
-                         for rank, host, view in views)
+        ranks = {}  # (host, what it sees) -> its ranks, in rank order
+        for rank, (host, files) in enumerate(seen):
+            ranks.setdefault((host, files[i]), []).append(str(rank))
+        said = "; ".join(f"rank {', '.join(r)} on {host}: " + (
+            "missing" if view is None else f"{view[0]:,} bytes, digest {view[1]}")
+            for (host, view), r in ranks.items())
         raise EveryRank(f"the ranks see different files at {path} ({said}). Every rank reads "
                         f"it, and only rank 0 writes the out-dir: put --out-dir (and any "
                         f"--backbone, --weights-file) on a folder all nodes share, or copy "
