@@ -496,7 +496,8 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
     else:  # disjoint and unpadded (DistributedSampler pads with repeats, skewing accuracy)
         sampler = range(rank, len(dataset), world_size)
     # Seeds the workers' augmentation RNGs, distinct per rank. (With workers > 0 a resumed run
-    # draws other augmentations; with 0 workers or on the device the global RNG, restored, does.)
+    # draws other augmentations; with 0 workers or on the device the global RNG, reseeded from
+    # (seed, epoch, rank) at each epoch by train.seed_epoch, draws the same.)
     generator = torch.Generator().manual_seed(seed * world_size + rank)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                         num_workers=workers, persistent_workers=workers > 0,
