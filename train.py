@@ -446,19 +446,15 @@ def main(argv=None) -> dict | None:
     """The program; raises on bad input (cli.run turns that into one printed paragraph)."""
     args = parse_args(argv)
     if args.eval_only:
-        rank, world, device = distributed.setup(args.device)
-        try:
+        with distributed.group(args.device) as (rank, world, device):
             return evaluate.evaluate_checkpoint(args, device)
-        finally:
-            distributed.teardown()
     # plan every stage before starting processes or building anything; then the out-dir
     planned = recipes.plan(args)
     folders = [folder for _, folder in planned]
     if args.gpus > 1 and "RANK" not in os.environ:
         with rundir.for_training(args, folders):  # held while the processes run
             return distributed.launch(entry, argv, args.gpus)
-    rank, world, device = distributed.setup(args.device)
-    try:
+    with distributed.group(args.device) as (rank, world, device):
         with rundir.for_training(args, folders) as run:  # the lock; rank 0 of torchrun's
             random.seed(planned[0][0].seed)
             loaders = data.build_loaders(planned[0][0], rank=rank, world=world,
@@ -474,8 +470,6 @@ def main(argv=None) -> dict | None:
             evaluate.print_table(results, f"{planned[-1][0].dataset} validation, {args.method}, "
                                  f"results in {Path(args.out_dir) / 'results.json'}")
         return results
-    finally:
-        distributed.teardown()
 
 
 def entry(argv=None) -> int:

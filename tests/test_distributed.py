@@ -31,11 +31,8 @@ def launch(fn, tmp_path, world: int = 2, *args) -> None:
 
 def _joined(argv) -> None:
     fn, folder, *args = argv
-    rank, _, _ = distributed.setup("cpu")
-    try:
+    with distributed.group("cpu") as (rank, _, _):
         fn(Path(folder), rank, *args)
-    finally:
-        distributed.teardown()
 
 
 def keep(folder, rank, value, name: str = "result") -> None:
@@ -85,13 +82,10 @@ def _entry_failing_on_rank_1(argv) -> int:
 
 
 def _failing_on_rank_1(argv) -> None:
-    rank, _, _ = distributed.setup("cpu")
-    try:
+    with distributed.group("cpu") as (rank, _, _):
         if rank == 1:
             raise FileNotFoundError("data/x.bin not found on this node: copy it there")
         distributed.barrier()  # rank 0 waits for rank 1, which never comes
-    finally:
-        distributed.teardown()
 
 
 def test_an_error_on_a_rank_other_than_0_is_printed_and_stops_the_run(capfd):
@@ -162,9 +156,11 @@ def test_a_local_rank_gets_a_gpu_it_can_see(monkeypatch, visible, local, expecte
     joined = {}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: joined.update(device=device))
+    store = SimpleNamespace(set_timeout=lambda timeout: None)
+    monkeypatch.setattr(distributed.dist, "rendezvous", lambda url, timeout: iter([(store, 0, 8)]))
+    monkeypatch.setattr(distributed.dist, "PrefixStore", lambda prefix, store: store)
     monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda backend, timeout: joined.update(backend=backend))
-    monkeypatch.setattr(distributed.dist, "set_timeout", lambda timeout: None, raising=False)
+                        lambda backend, **kwargs: joined.update(backend=backend))
     monkeypatch.setenv(distributed.SPAWNED, "1")
     for name, value in dict(RANK=local, WORLD_SIZE=8, LOCAL_RANK=local, MASTER_ADDR="x",
                             MASTER_PORT=1).items():

@@ -7,6 +7,7 @@ Two waits, two timeouts: joining the group (LLB_INIT_TIMEOUT, 300 s: every proce
 then each collective (LLB_COLLECTIVE_TIMEOUT, 1800 s: the slowest rank, e.g. compiling the model
 or rank 0 writing a checkpoint, must reach it in time).
 """
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -149,8 +150,14 @@ def setup(device_type: str) -> tuple[int, int, torch.device]:
               f"{os.environ['MASTER_PORT']} (waiting up to {seconds:g} s for the others)",
               file=sys.stderr)
     try:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=seconds))
+        # the join: every process reaches MASTER_ADDR:MASTER_PORT within LLB_INIT_TIMEOUT (the
+        # rendezvous init_process_group would run, under torchrun its agent's store included)
+        store, _, _ = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=seconds)))
+        store = dist.PrefixStore("default_pg", store)  # the keys' prefix of init_process_group
+        # then every collective waits up to LLB_COLLECTIVE_TIMEOUT
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store,
+                                rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=collective))
     except Exception as err:  # a rendezvous timeout or refused connection: a RuntimeError kin
         where = ", ".join(f"{v}={os.environ[v]}" for v in VARIABLES)
         raise RuntimeError(f"process {rank} of {world} could not join the process group within "
@@ -159,15 +166,24 @@ def setup(device_type: str) -> tuple[int, int, torch.device]:
                            f"(or train.py --gpus N), or unset these variables for one process; "
                            f"{INIT_TIMEOUT} sets the wait ({str(err).splitlines()[0][:200]})"
                            ) from err
-    # joined: from here each collective waits up to its own timeout (torch 2.4: _set_pg_timeout)
-    set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
-    set_timeout(datetime.timedelta(seconds=collective))
+    store.set_timeout(datetime.timedelta(seconds=collective))  # NCCL's first collective uses it
     return rank, world, device
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def group(device_type: str):
+    """`with group("cuda") as (rank, world, device):` setup(), and leave the group when the
+    block succeeds. Note: not when it fails: the other ranks may be gone, and with them the
+    store that destroy_process_group waits on (torch 2.4 then hangs there); the process's exit
+    frees what it held, and the launcher (--gpus N, torchrun) stops the other ranks."""
+    joined = setup(device_type)
+    yield joined
+    teardown()
 
 
 def rank_of() -> tuple[int, int]:
