@@ -31,8 +31,9 @@ def launch(fn, tmp_path, world: int = 2, *args) -> None:
 
 def _joined(argv) -> None:
     fn, folder, *args = argv
-    with distributed.group("cpu") as (rank, _, _):
-        fn(Path(folder), rank, *args)
+    rank, _, _ = distributed.setup("cpu")
+    fn(Path(folder), rank, *args)
+    distributed.teardown()  # after a success only, as distributed.group
 
 
 def keep(folder, rank, value, name: str = "result") -> None:
@@ -82,10 +83,10 @@ def _entry_failing_on_rank_1(argv) -> int:
 
 
 def _failing_on_rank_1(argv) -> None:
-    with distributed.group("cpu") as (rank, _, _):
-        if rank == 1:
-            raise FileNotFoundError("data/x.bin not found on this node: copy it there")
-        distributed.barrier()  # rank 0 waits for rank 1, which never comes
+    rank, _, _ = distributed.setup("cpu")
+    if rank == 1:
+        raise FileNotFoundError("data/x.bin not found on this node: copy it there")
+    distributed.barrier()  # rank 0 waits for rank 1, which never comes
 
 
 def test_an_error_on_a_rank_other_than_0_is_printed_and_stops_the_run(capfd):
@@ -132,8 +133,8 @@ def _late_rank_1(folder, rank) -> None:
 def test_joining_and_collectives_have_their_own_timeouts(tmp_path, monkeypatch):
     """LLB_INIT_TIMEOUT (120 s here) is the wait to join; LLB_COLLECTIVE_TIMEOUT (2 s) that of a
     collective: rank 0 gives up on the late rank 1 at the barrier."""
-    monkeypatch.setenv(distributed.INIT_TIMEOUT, "120")
-    monkeypatch.setenv(distributed.COLLECTIVE_TIMEOUT, "2")
+    monkeypatch.setenv("LLB_INIT_TIMEOUT", "120")
+    monkeypatch.setenv("LLB_COLLECTIVE_TIMEOUT", "2")
     launch(_late_rank_1, tmp_path)
     rank0, _ = seen(tmp_path)
     assert rank0 != "passed" and "timed out" in rank0.lower(), rank0
