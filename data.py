@@ -496,7 +496,8 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int
     else:  # disjoint and unpadded (DistributedSampler pads with repeats, skewing accuracy)
         sampler = range(rank, len(dataset), world_size)
     # Seeds the workers' augmentation RNGs, distinct per rank. (With workers > 0 a resumed run
-    # draws other augmentations; with 0 workers or on the device the global RNG, restored, does.)
+    # draws other augmentations; with 0 workers or on the device the global RNG, reseeded from
+    # (seed, epoch, rank) at each epoch by train.seed_epoch, draws the same.)
     generator = torch.Generator().manual_seed(seed * world_size + rank)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                         num_workers=workers, persistent_workers=workers > 0,
@@ -511,14 +512,19 @@ def build_loaders(r, *, rank: int, world: int, workers: int | None, device: torc
     stages of a run share them. train=False (evaluation): no training loader, None in its place.
     On CUDA, RandAugment and the normalize run on the GPU (inputs/on_device.py)."""
     spec = pretrained.eval_spec(r.pretrained) if r.pretrained else None
-    if download and rank > 0:
-        distributed.barrier()  # wait for rank 0's download, then read it
+    # --download: rank 0 first, then the first rank of each other node (a check of the files
+    # where --data-dir is shared, a download where each node has its own disk), then the rest
+    first_of_node = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    turn = 0 if rank == 0 else 1 if first_of_node else 2
+    before, after = (turn, 2 - turn) if download else (0, 0)  # barriers around this rank's turn
+    for _ in range(before):
+        distributed.barrier()
     train_set, val_set, info = build_datasets(
         r.dataset, r.data_dir, image_size=None if spec else r.image_size, eval_spec=spec,
         augment=r.augment, classes=r.classes, max_per_class=r.max_per_class,
-        download=download and rank == 0, seed=r.seed, eval_framing=r.eval_framing,
+        download=download and turn < 2, seed=r.seed, eval_framing=r.eval_framing,
         on_device=device.type == "cuda")
-    if download and rank == 0:
+    for _ in range(after):
         distributed.barrier()
     # LLB keeps the released head: the data must have its label set
     head = pretrained.num_classes(r.pretrained) if r.pretrained and r.stage == "llb" else None

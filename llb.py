@@ -189,6 +189,14 @@ class LLB(nn.Module):
         """What the optimizer gets: the branch alone, or everything when unfrozen."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def unreached_parameters(self) -> list[str]:
+        """The trainable parameters that the loss never reaches (no gradient): to_objects when
+        neither N_0 = A N_emb nor L_div uses A (the ablations w/o disconnection and w/o L_div
+        together). DDP must then look for unused parameters at each step (train.py)."""
+        if self.config.disconnect or self.config.diversity:
+            return []
+        return [f"to_objects.{name}" for name, _ in self.to_objects.named_parameters()]
+
     # ------------------------------------------------------------------------- the four steps
 
     def extract_objects(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,16 +270,20 @@ class LLB(nn.Module):
         c = self.config
         # Frozen: no autograd graph through the backbone (where LLB saves time and memory).
         with torch.no_grad() if c.freeze_backbone else contextlib.nullcontext():
-            logits_v, zs = self.backbone(x, return_blocks=True)  # (B, K), L x (B, 1 + N, D)
-            feat_v = self.backbone.features(zs[-1])  # (B, D): what the visual head sees
+            # only the blocks read here, z_l and z_L (all L of them: memory grows with depth)
+            blocks = (c.layer, self.backbone.config.depth)  # l and L
+            logits_v, (z_l, z_last) = self.backbone(x, return_blocks=blocks)
+            # logits_v (B, K); z_l, z_last (B, 1 + N, D)
+            feat_v = self.backbone.features(z_last)  # (B, D): what the visual head sees
+            del z_last  # not kept through the branch
         # LLB step 1: A (B, N, O) from z_l, the output of block l (1-based)
-        assign, patch_features = self.extract_objects(zs[c.layer - 1])
+        assign, patch_features = self.extract_objects(z_l)
         # LLB step 2: N_0 = A N_emb (B, N, D)
         if c.disconnect:
             object_tokens = self.disconnect(assign)
         else:
             # ablation "w/o disconnection": visual features go on; A then only feeds L_div
-            # (so with diversity=False too, to_objects is unused: find_unused_parameters under DDP)
+            # (so with diversity=False too, to_objects is unused: see unreached_parameters)
             object_tokens = patch_features
         # LLB step 3: LN(c_n) after g (B, D), then the logits of p_N = Softmax(MLP_N(c_n))
         feat_n = self.structure(object_tokens)

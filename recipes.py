@@ -188,6 +188,9 @@ def default_amp(device: str) -> str:
     return "bf16" if device == "cuda" else "off"
 
 
+COMPILE_BACKEND = "inductor"  # train.py --compile without a BACKEND: torch.compile's own
+
+
 def autocast(amp: str, device: torch.device, *, enabled: bool = True):
     """The autocast context of a recipe's `amp` ("bf16", "fp16" or "off") on `device`."""
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

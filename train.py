@@ -41,6 +41,7 @@ from util.distributed import is_master
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the device)
 EVAL_COST = 1 / 3  # evaluating an image (forward only), in units of its share of a training step
 LONG_RUN_S = 3600  # a CPU stage expected to take longer is printed with what shortens it
+EPOCH_SEEDS = 1_000_003  # a prime above any epoch count: (seed, epoch, rank) -> one seed
 
 
 # ----------------------------------------------------------------------------- options
@@ -112,7 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     g("--gpus", type=at_least(1), default=1, help="processes to start on this machine (DDP)")
     g("--amp", choices=("bf16", "fp16", "off"), help="autocast: default bf16 on cuda, else off")
-    g("--compile", action="store_true", help="torch.compile the model")
+    g("--compile", nargs="?", const=recipes.COMPILE_BACKEND, metavar="BACKEND",
+      help=f"torch.compile the model (BACKEND: default {recipes.COMPILE_BACKEND}; aot_eager "
+           f"needs no C++ compiler)")
     g("--seed", type=int)
     g("--out-dir", help="default: runs/<dataset>_<method>")
     g("--resume", action="store_true", help="continue from <out-dir>/last.pt")
@@ -197,12 +200,6 @@ def build_model(r: recipes.Recipe, num_classes: int) -> torch.nn.Module:
     return llb.LLB(model, **r.llb) if r.stage == "llb" else model
 
 
-def unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    """The model inside torch.compile and DDP wrappers (it owns the state dict and the loss)."""
-    net = getattr(net, "_orig_mod", net)
-    return getattr(net, "module", net)
-
-
 # ----------------------------------------------------------------------------- the optimizer
 
 
@@ -218,6 +215,16 @@ def build_optimizer(params: list, *, name: str, lr: float, weight_decay: float,
     # Note: Adam adds weight_decay * w to the gradient (coupled L2); AdamW decays w directly.
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, fused=device.type == "cuda")
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed the random draws of an epoch (dropout, augmentation on the device or in the main
+    process) from (seed, epoch, rank): each rank draws its own masks, and a resumed run, on every
+    rank, the draws of a straight one. Note: torch.manual_seed seeds every CUDA device too."""
+    rank, world = distributed.rank_of()
+    mixed = (seed * EPOCH_SEEDS + epoch) * world + rank
+    torch.manual_seed(mixed)
+    random.seed(mixed)
 
 
 def lr_at(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
@@ -237,10 +244,11 @@ def train_epoch(net, loader, optimizer, scaler, r: recipes.Recipe, *, epoch: int
     """One pass over this rank's shard: the sums of the loss statistics over its steps (tensors
     on the device; nothing is read back per step) and "steps". timed: (epochs left, validation
     steps) in a stage's first epoch, whose expected time is then printed."""
-    model = unwrap(net)
+    model = evaluate.unwrap(net)
     device = next(model.parameters()).device
     net.train()
     loader.sampler.set_epoch(epoch)  # the order is a function of (seed, epoch): resume = straight
+    seed_epoch(r.seed, epoch)  # so are the draws of dropout and augmentation, on each rank its own
     steps = len(loader)
     warmup = round(r.warmup_epochs * steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -330,6 +338,9 @@ def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args, rea
     """Train one stage to its last epoch (resuming if asked); returns that epoch's results.
     run: the out-dir, told when the model is built (--overwrite replaces the old run then)."""
     train_loader, val_loader, info = loaders
+    # the files every rank reads: the same on every node (else say so, on every rank alike)
+    resumed = [folder / "last.pt", folder / "best.pt"] if args.resume else []
+    distributed.check_same_files([p for p in (r.backbone, r.weights_file) if p] + resumed)
     # build the model, its optimizer and the fp16 loss scaler
     model = build_model(r, info.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -352,10 +363,13 @@ def run_stage(r: recipes.Recipe, folder: Path, loaders: tuple, device, args, rea
     # wrap: DDP across processes, then compile; `model` keeps the state dict and the loss
     net = model
     if r.world_size > 1:
+        # DDP waits for every parameter's gradient, unless told that some get none (slower)
+        unreached = model.unreached_parameters() if isinstance(model, llb.LLB) else []
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(unreached))
     if args.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, backend=args.compile)
     eval_autocast = recipes.autocast(r.amp, device, enabled=r.eval_amp)
     if is_master():
         start_log(r, folder, start, info, train_loader, val_loader, params, device)
@@ -432,19 +446,15 @@ def main(argv=None) -> dict | None:
     """The program; raises on bad input (cli.run turns that into one printed paragraph)."""
     args = parse_args(argv)
     if args.eval_only:
-        rank, world, device = distributed.setup(args.device)
-        try:
+        with distributed.group(args.device) as (rank, world, device):
             return evaluate.evaluate_checkpoint(args, device)
-        finally:
-            distributed.teardown()
     # plan every stage before starting processes or building anything; then the out-dir
     planned = recipes.plan(args)
     folders = [folder for _, folder in planned]
     if args.gpus > 1 and "RANK" not in os.environ:
         with rundir.for_training(args, folders):  # held while the processes run
             return distributed.launch(entry, argv, args.gpus)
-    rank, world, device = distributed.setup(args.device)
-    try:
+    with distributed.group(args.device) as (rank, world, device):
         with rundir.for_training(args, folders) as run:  # the lock; rank 0 of torchrun's
             random.seed(planned[0][0].seed)
             loaders = data.build_loaders(planned[0][0], rank=rank, world=world,
@@ -460,8 +470,6 @@ def main(argv=None) -> dict | None:
             evaluate.print_table(results, f"{planned[-1][0].dataset} validation, {args.method}, "
                                  f"results in {Path(args.out_dir) / 'results.json'}")
         return results
-    finally:
-        distributed.teardown()
 
 
 def entry(argv=None) -> int:

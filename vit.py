@@ -14,7 +14,8 @@ Equations (1)-(4) are Sec. 3.1 of the paper; (5)-(8) are its Appendix A (self-at
 
 Symbols used throughout: B batch, N patch tokens (+1 class token), D width, H heads,
 L depth, P patch size. `forward(x, return_blocks=True)` also returns z_1..z_L, the output of
-every block, which is where LLB branches off (llb.py). Grep for "ViT Eq. (k)" to find each one.
+every block (`return_blocks=(l, L)`: those two only), which is where LLB branches off (llb.py).
+Grep for "ViT Eq. (k)" to find each one.
 The parameter names are timm's (except class_token), so inputs/pretrained.py's converters stay
 small.
 """
@@ -227,16 +228,18 @@ class ViT(nn.Module):
         """The head on ViT Eq. (4): last block's output z_L (B, 1 + N, D) -> logits (B, classes)."""
         return self.head(self.features(z))  # logits = y W_head + b
 
-    def forward(self, x: torch.Tensor, *, return_blocks: bool = False):
-        """Logits (B, classes); with return_blocks=True also [z_1, ..., z_L], each (B, 1 + N, D)."""
+    def forward(self, x: torch.Tensor, *, return_blocks: bool | tuple = False):
+        """Logits (B, classes); with return_blocks=True also [z_1, ..., z_L], each (B, 1 + N, D);
+        with a tuple of block numbers (1-based), only those: [z_l for l in return_blocks]."""
+        keep = range(1, self.config.depth + 1) if return_blocks is True else return_blocks or ()
         z = self.embed(x)  # ViT Eq. (1)
-        blocks = []
-        for block in self.blocks:
+        kept = {}
+        for number, block in enumerate(self.blocks, start=1):
             z = block(z)  # ViT Eqs. (2)-(3)
-            if return_blocks:
-                blocks.append(z)  # kept, not recomputed: LLB reads z_l from here
+            if number in keep:
+                kept[number] = z  # kept, not recomputed: LLB reads z_l from here
         logits = self.classify(z)  # ViT Eq. (4)
-        return (logits, blocks) if return_blocks else logits
+        return (logits, [kept[number] for number in keep]) if return_blocks else logits
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0):
         """Cross-entropy of the head's logits (B, classes) -> (total, stats), as llb.LLB.loss.

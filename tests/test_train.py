@@ -237,3 +237,25 @@ def test_checkpoint_from_another_model_or_class_count(tmp_path):
         run(tmp_path, "--method", "llb", "--backbone", str(tmp_path / "weights.pth"), out="llb2")
     with pytest.raises(FileNotFoundError, match=r"nope\.pt not found"):
         train.main(TINY + ["--eval-only", str(tmp_path / "nope.pt")])
+
+
+@pytest.mark.parametrize("name, decay_all", [("adamw", False), ("adam", True)])
+def test_the_fused_optimizer_of_cuda_runs_take_the_same_steps(name, decay_all):
+    """On CUDA build_optimizer asks for fused Adam(W), which no CPU run takes; PyTorch's fused
+    kernels run on the CPU too, so run them here: the same steps as the unfused optimizer."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.LayerNorm(4)) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [train.build_optimizer(list(m.parameters()), name=name, lr=1e-2,
+                                        weight_decay=0.1, decay_all=decay_all,
+                                        device=torch.device(kind))
+                  for m, kind in zip(models, ("cpu", "cuda"))]
+    assert optimizers[1].defaults["fused"] and not optimizers[0].defaults["fused"]
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b)

@@ -265,6 +265,10 @@ def test_block_outputs_are_the_blocks_applied_in_turn():
     assert torch.equal(logits, model(x))
     # ViT Eq. (4): the head reads the LayerNorm of the class token of the last block
     assert torch.allclose(logits, model.head(model.norm(blocks[-1][:, 0])))
+    # only the blocks asked for (what LLB keeps: z_l and z_L), in the order asked
+    again, chosen = model(x, return_blocks=(2, 3, 2))
+    assert torch.equal(again, logits) and len(chosen) == 3
+    assert all(torch.equal(z, blocks[n - 1]) for z, n in zip(chosen, (2, 3, 2)))
 
 
 @pytest.mark.parametrize("pool", ["token", "avg"])

@@ -111,5 +111,5 @@ def restore(ckpt: dict, model, optimizer, scaler, path) -> None:
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     random.setstate(ckpt["rng"]["python"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    # Note: not the CUDA states: they are rank 0's, of its node's GPUs; every rank reseeds its
+    # draws at the start of each epoch from (seed, epoch, rank) anyway (train.seed_epoch)

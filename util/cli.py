@@ -7,15 +7,17 @@ a traceback.
 
 `run(main)` calls main(argv). A user error (ValueError, OSError, RuntimeError: the checks of
 this project raise them with a message that says what was expected and how to fix it) prints
-`error: ...` once (rank 0 under DDP) and exits 2; `--debug` or LLB_DEBUG=1 shows the traceback
-instead. Ctrl-C exits 130 with what was kept and how to continue (`Interrupted`).
+`error: ...` and exits 2; under DDP each rank's own, prefixed `[rank k/N]` (under --gpus N the
+launcher prints each distinct one once; distributed.EveryRank, raised by every rank alike after
+they agreed: rank 0 alone). `--debug` or LLB_DEBUG=1 shows the traceback instead. Ctrl-C exits
+130 with what was kept and how to continue (`Interrupted`).
 """
 import argparse
 import math
 import os
 import sys
 
-from util.distributed import is_master
+from util.distributed import EveryRank, hand_over, is_master, rank_of
 
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 
@@ -75,7 +77,13 @@ def run(main, argv: list | None = None) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
-        if is_master():
-            print(f"error: {message_of(err)}\n(to see the traceback: add --debug, or set "
-                  f"LLB_DEBUG=1)", file=sys.stderr)
+        rank, world = rank_of()
+        if isinstance(err, EveryRank) and rank > 0:
+            return 2  # rank 0 says it
+        text = (f"error: {message_of(err)}\n(to see the traceback: add --debug, or set "
+                f"LLB_DEBUG=1)")
+        # under DDP a rank's own error (out of memory, a file missing on its node) is said too:
+        # by `--gpus N`'s launcher (each distinct error once), else by the rank itself
+        if not hand_over(text):
+            print(f"[rank {rank}/{world}] {text}" if world > 1 else text, file=sys.stderr)
         return 2

@@ -31,15 +31,24 @@ def scores_of(out) -> dict:
     return {"visual": out}
 
 
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile and DDP wrappers (it owns the state dict and the loss)."""
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "module", net)
+
+
 @torch.no_grad()
 def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
     """Top-1 / top-5 (%) of each prediction over the whole split, summed across ranks.
     real: ImageNet-ReaL label lists in the split's order (data.read_real_labels); adds
     top1_real_<prediction> over the images that have ReaL labels."""
     net.eval()
-    correct = {}  # prediction -> (top-1, top-5) counts, on the device
+    # every rank sums the same counts, also one whose shard is empty (a split smaller than
+    # the ranks): the predictions are the model's, not those of a first batch
+    names = list(PREDICTIONS) if isinstance(unwrap(net), llb.LLB) else ["visual"]
+    correct = {n: torch.zeros(2, dtype=torch.long, device=device) for n in names}  # top-1, top-5
     total = 0
-    predicted = {}  # prediction -> argmax of each batch, kept on the device (for ReaL)
+    predicted = {n: [] for n in names}  # argmax of each batch, kept on the device (for ReaL)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -47,17 +56,16 @@ def evaluate(net, loader, device, autocast, real: list | None = None) -> dict:
             scores = scores_of(net(x))
         for name, s in scores.items():
             top5 = s.topk(min(5, s.shape[1]), dim=1).indices == y[:, None]  # (B, 5)
-            hits = torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
-            correct[name] = correct[name] + hits if name in correct else hits
+            correct[name] += torch.stack([top5[:, 0].sum(), top5.any(dim=1).sum()])
             if real is not None:
-                predicted.setdefault(name, []).append(s.argmax(1))
+                predicted[name].append(s.argmax(1))
         total += len(y)
-    names = list(correct)
     counts = [v for n in names for v in correct[n].tolist()] + [total]
     if real is not None:  # this rank's images are rank::world of the split (data.build_loader)
         mine = [real[i] for i in loader.sampler]
         for n in names:
-            counts += data.real_hits(torch.cat(predicted[n]).cpu(), mine)
+            pred = torch.cat(predicted[n]).cpu() if predicted[n] else torch.zeros(0, dtype=int)
+            counts += data.real_hits(pred, mine)
     sums = distributed.all_sum(counts, device)
     # sums: (top-1, top-5) hits per prediction, the image count, then (ReaL hits, ReaL images)
     images = sums[2 * len(names)]

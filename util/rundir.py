@@ -144,10 +144,10 @@ class RunDir:
                 problem = err
         # under torchrun the other ranks wait for rank 0's verdict on the folder
         verdict = distributed.from_master(None if problem is None else message_of(problem))
-        if problem is not None:
-            raise problem
-        if verdict is not None:
-            raise RuntimeError(f"rank 0 refused the out-dir: {verdict}")
+        if problem is not None and (distributed.is_master() or message_of(problem) != verdict):
+            raise problem  # rank 0's, or another rank's own (printed with its rank)
+        if verdict is not None:  # rank 0 says it
+            raise distributed.EveryRank(f"rank 0 refused the out-dir: {verdict}")
         return self
 
     def _enter(self) -> None:
