@@ -274,8 +274,8 @@ def test_point_names_do_not_overprint_one_another():
             assert plot[0] <= a[0] and a[2] <= image.width  # right of the y axis, in the image
         # a name in its box: dark text pixels there
         x0, y0, x1, y1 = (round(v) for v in placed[0])
-        crop = torch.tensor(list(image.crop((x0, y0, x1, y1)).getdata())).view(y1 - y0, x1 - x0, 3)
-        assert int((crop <= 80).all(-1).sum()) > 10
+        crop = pil_to_tensor(image.convert("RGB").crop((x0, y0, x1, y1)))  # (3, h, w)
+        assert int((crop <= 80).all(0).sum()) > 10
 
 
 # ----------------------------------------------------------------------------- matrix
