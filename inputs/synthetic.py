@@ -92,18 +92,6 @@ def make_synthetic_objects(num_images: int, *, seed: int) -> tuple[torch.Tensor,
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels, objects, cells, faded
 
 
-def cell_contents(objects: torch.Tensor, cells: torch.Tensor, faded: torch.Tensor
-                  ) -> torch.Tensor:
-    """What each cell of each image holds, (N, 16) in row-major cell order (a ViT's patch order
-    when patches are the cells): the type of the object drawn there, a faded object counted as
-    the plain twin it is painted as (objects - faded), else BACKGROUND. In: make_synthetic_objects'
-    objects, cells and faded, (N, 3) each."""
-    contents = torch.full((len(objects), GRID * GRID), BACKGROUND, dtype=torch.long)
-    drawn = objects - faded.long()  # (N, 3) the type each object looks like
-    contents.scatter_(1, cells, drawn)
-    return contents
-
-
 def bayes_rule(faded_share: float = FADED_SHARE) -> dict:
     """The ceiling of any classifier: {the types as drawn, sorted: (the most probable class,
     P(drawn, class))} for every drawing the generator above can make. A faded object is pixel
@@ -153,8 +141,12 @@ class SyntheticObjects(Dataset):
         return len(self.targets)
 
     def cell_contents(self) -> torch.Tensor:
-        """(N, 16) content id of each image's cells (`cell_contents`), in the images' order."""
-        return cell_contents(self.objects, self.cells, self.faded)
+        """What each cell of each image holds, (N, 16) in row-major cell order (a ViT's patch
+        order when patches are the cells): the type of the object drawn there, a faded object
+        counted as the plain twin it is painted as, else BACKGROUND."""
+        contents = torch.full((len(self.objects), GRID * GRID), BACKGROUND, dtype=torch.long)
+        drawn = self.objects - self.faded.long()  # (N, 3) the type each object looks like
+        return contents.scatter_(1, self.cells, drawn)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index].float() / 255), self.targets[index]
