@@ -149,6 +149,23 @@ def test_a_timeout_that_is_not_a_number_is_refused(monkeypatch):
 # ----------------------------------------------------------------------------- devices
 
 
+@pytest.mark.parametrize("raised, leaves", [(None, True), (distributed.EveryRank, True),
+                                            (ValueError, False)])
+def test_the_group_is_left_unless_a_rank_fails_alone(monkeypatch, raised, leaves):
+    """Success and EveryRank (all ranks agreed, all are there): destroy the group before the
+    exit, which may abort in gloo otherwise; one rank's own error: do not wait on the others."""
+    left = []
+    monkeypatch.setattr(distributed, "setup", lambda device_type: (0, 2, torch.device("cpu")))
+    monkeypatch.setattr(distributed, "teardown", lambda: left.append(True))
+    try:
+        with distributed.group("cpu"):
+            if raised:
+                raise raised("refused")
+    except (distributed.EveryRank, ValueError):
+        pass
+    assert left == ([True] if leaves else [])
+
+
 @pytest.mark.parametrize("visible, local, expected", [(8, 3, "cuda:3"), (1, 3, "cuda:0"),
                                                       (2, 3, None)])
 def test_a_local_rank_gets_a_gpu_it_can_see(monkeypatch, visible, local, expected):

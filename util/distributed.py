@@ -178,11 +178,18 @@ def teardown() -> None:
 @contextlib.contextmanager
 def group(device_type: str):
     """`with group("cuda") as (rank, world, device):` setup(), and leave the group when the
-    block succeeds. Note: not when it fails: the other ranks may be gone, and with them the
-    store that destroy_process_group waits on (torch 2.4 then hangs there); the process's exit
-    frees what it held, and the launcher (--gpus N, torchrun) stops the other ranks."""
+    block succeeds or raises EveryRank: every rank is there to leave it together. Note: not
+    after another error: the other ranks may be gone, and with them the store that
+    destroy_process_group waits on (torch 2.4 then hangs there); the process's exit frees what
+    it held, and the launcher (--gpus N, torchrun) stops the other ranks. A process that exits
+    still in a gloo group may abort ("terminate called without an active exception") as its
+    peer leaves: seen once in CI, rank 1 of a refused LLB stage killed by SIGABRT."""
     joined = setup(device_type)
-    yield joined
+    try:
+        yield joined
+    except EveryRank:
+        teardown()
+        raise
     teardown()
 
 
